@@ -1,0 +1,1 @@
+"""The agent side: identity, tasks, training through a Flower ClientApp, wallet."""

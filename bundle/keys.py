@@ -1,0 +1,378 @@
+"""Identities, key ids, and the encrypted keystore.
+
+An identity is an Ed25519 signing key plus an X25519 key for receiving encrypted payloads.
+Its key id is a hash over the suite and both public keys, so the id names exactly one pair
+and a later hybrid post-quantum suite (whose public key is longer) gets ids of its own.
+
+The keystore is a small JSON file, mode 0600:
+
+* the public part in clear (suite, public keys, key id) so a file can be identified
+  without its passphrase;
+* the secret seeds encrypted with XChaCha20-Poly1305 under a key derived from the
+  passphrase with Argon2id (``nacl.pwhash``); the clear part is the AEAD's associated data;
+* a SHA-256 checksum over everything else.
+
+A checksum mismatch or broken structure means the file was damaged or edited
+(``KeystoreTamperedError``); an intact file whose AEAD tag fails means the passphrase is
+wrong (``WrongPassphraseError``).  Someone who edits the file *and* recomputes the
+checksum gets "wrong passphrase": the AEAD still refuses, so nothing is accepted either way.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.pwhash
+import nacl.signing
+import nacl.utils
+
+from bundle.durable import atomic_write
+from bundle.errors import (
+    DecryptionError,
+    FormatError,
+    KeystoreError,
+    KeystoreTamperedError,
+    SignatureError,
+    WrongPassphraseError,
+)
+
+SUITE_ED25519 = "ed25519"
+SUITES = (SUITE_ED25519,)
+
+KEY_ID_BYTES = 16
+_KEY_ID_DOMAIN = b"lltoken/key-id/v1\x00"
+_KEYSTORE_FORMAT = "lltoken-keystore/v1"
+_KDF = "argon2id13"
+
+# Argon2id costs.  MODERATE (256 MiB, about a second here) protects a stolen stick well;
+# tests and simulations pass the INTERACTIVE limits to stay fast.
+OPSLIMIT_DEFAULT = nacl.pwhash.argon2id.OPSLIMIT_MODERATE
+MEMLIMIT_DEFAULT = nacl.pwhash.argon2id.MEMLIMIT_MODERATE
+OPSLIMIT_FAST = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
+MEMLIMIT_FAST = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
+
+PASSPHRASE_ENV = "LLTOKEN_PASSPHRASE"  # noqa: S105 (the variable's name, not a secret)
+
+
+def key_id_of(suite: str, signing_key: bytes, box_key: bytes) -> bytes:
+    """The key id: SHA-256 over a domain tag, the suite and both public keys, truncated."""
+    digest = hashlib.sha256(
+        _KEY_ID_DOMAIN
+        + suite.encode()
+        + b"\x00"
+        + len(signing_key).to_bytes(4, "big")
+        + signing_key
+        + box_key
+    ).digest()
+    return digest[:KEY_ID_BYTES]
+
+
+def fingerprint_of(key_id: bytes) -> str:
+    """A short human fingerprint to compare out of band, e.g. ``MFRG-GZDF-MZTW-Q2LK``."""
+    text = base64.b32encode(key_id[:10]).decode()
+    return "-".join(text[i : i + 4] for i in range(0, 16, 4))
+
+
+@dataclass(frozen=True)
+class PublicIdentity:
+    """The public half of an identity: what rosters carry and verifiers need."""
+
+    suite: str
+    signing_key: bytes
+    box_key: bytes
+    key_id: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise FormatError("unknown signature suite", expected=SUITES, found=self.suite)
+        for name, key in (("signing_key", self.signing_key), ("box_key", self.box_key)):
+            if not isinstance(key, bytes) or len(key) != 32:
+                raise FormatError(
+                    f"public {name} is malformed",
+                    expected="32 bytes",
+                    found=f"{len(key)} bytes" if isinstance(key, bytes) else type(key).__name__,
+                )
+        object.__setattr__(self, "key_id", key_id_of(self.suite, self.signing_key, self.box_key))
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.key_id)
+
+    def verify(self, message: bytes, signature: bytes, *, where: str | None = None) -> None:
+        """Check ``signature`` over ``message``.
+
+        Raises:
+            SignatureError: the signature does not verify under this key.
+        """
+        try:
+            nacl.signing.VerifyKey(self.signing_key).verify(message, signature)
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError) as e:
+            raise SignatureError(
+                "Ed25519 signature does not verify",
+                expected=f"a signature by {self.fingerprint}",
+                found="a signature that fails",
+                where=where,
+            ) from e
+
+    def seal(self, secret: bytes) -> bytes:
+        """Encrypt a short secret (a content key) to this identity's X25519 key."""
+        result: bytes = nacl.bindings.crypto_box_seal(secret, self.box_key)
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, "sign": self.signing_key, "box": self.box_key}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PublicIdentity:
+        """Build from the CBOR/JSON map form.
+
+        Raises:
+            FormatError: missing or malformed fields.
+        """
+        if not isinstance(data, dict) or set(data) != {"suite", "sign", "box"}:
+            raise FormatError(
+                "public identity is malformed",
+                expected="a map with keys box, sign, suite",
+                found=sorted(data) if isinstance(data, dict) else type(data).__name__,
+            )
+        return cls(data["suite"], data["sign"], data["box"])
+
+
+class Identity:
+    """A private identity: signs bundles and opens payloads sealed to it."""
+
+    def __init__(self, signing_seed: bytes, box_secret: bytes, suite: str = SUITE_ED25519):
+        if len(signing_seed) != 32 or len(box_secret) != 32:
+            raise FormatError(
+                "secret keys are malformed",
+                expected="32 bytes each",
+                found=f"{len(signing_seed)} and {len(box_secret)} bytes",
+            )
+        self._signing = nacl.signing.SigningKey(signing_seed)
+        self._box_secret = box_secret
+        box_public = nacl.bindings.crypto_scalarmult_base(box_secret)
+        self.public = PublicIdentity(suite, bytes(self._signing.verify_key), box_public)
+
+    @classmethod
+    def generate(cls, suite: str = SUITE_ED25519) -> Identity:
+        return cls(nacl.utils.random(32), nacl.utils.random(32), suite)
+
+    @property
+    def key_id(self) -> bytes:
+        return self.public.key_id
+
+    @property
+    def fingerprint(self) -> str:
+        return self.public.fingerprint
+
+    def sign(self, message: bytes) -> bytes:
+        signature: bytes = self._signing.sign(message).signature
+        return signature
+
+    def unseal(self, sealed: bytes) -> bytes:
+        """Open a secret sealed to this identity with :meth:`PublicIdentity.seal`.
+
+        Raises:
+            DecryptionError: the box was not sealed to this key, or was altered.
+        """
+        try:
+            opened: bytes = nacl.bindings.crypto_box_seal_open(
+                sealed, self.public.box_key, self._box_secret
+            )
+        except (nacl.exceptions.CryptoError, ValueError, TypeError) as e:
+            raise DecryptionError(
+                "sealed content key does not open",
+                expected=f"a key sealed to {self.fingerprint}",
+                found="a box that fails authentication",
+            ) from e
+        return opened
+
+    def secret_seeds(self) -> tuple[bytes, bytes]:
+        """The raw secret material, for the keystore only."""
+        return bytes(self._signing), self._box_secret
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _checksum(doc: dict[str, Any]) -> str:
+    body = json.dumps({k: v for k, v in doc.items() if k != "checksum"}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _derive(passphrase: bytes, salt: bytes, ops: int, mem: int) -> bytes:
+    key: bytes = nacl.pwhash.argon2id.kdf(32, passphrase, salt, opslimit=ops, memlimit=mem)
+    return key
+
+
+def save_keystore(
+    path: Path,
+    identity: Identity,
+    passphrase: str,
+    *,
+    opslimit: int = OPSLIMIT_DEFAULT,
+    memlimit: int = MEMLIMIT_DEFAULT,
+) -> None:
+    """Write ``identity`` to ``path`` encrypted under ``passphrase``, mode 0600, atomically.
+
+    Raises:
+        KeystoreError: the file already exists (keys are never overwritten by accident).
+    """
+    if path.exists():
+        raise KeystoreError("keystore already exists; refusing to overwrite it", where=str(path))
+    if not passphrase:
+        raise KeystoreError(
+            "an empty passphrase would leave the keys unprotected",
+            expected="a non-empty passphrase",
+            found="an empty one",
+        )
+    salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
+    nonce = nacl.utils.random(nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES)
+    public = identity.public
+    clear = {
+        "format": _KEYSTORE_FORMAT,
+        "suite": public.suite,
+        "key_id": public.key_id.hex(),
+        "sign_public": _b64(public.signing_key),
+        "box_public": _b64(public.box_key),
+        "kdf": {"alg": _KDF, "opslimit": opslimit, "memlimit": memlimit, "salt": _b64(salt)},
+        "aead": {"alg": "xchacha20poly1305-ietf", "nonce": _b64(nonce)},
+    }
+    seed, box_secret = identity.secret_seeds()
+    key = _derive(passphrase.encode(), salt, opslimit, memlimit)
+    sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        seed + box_secret, json.dumps(clear, sort_keys=True).encode(), nonce, key
+    )
+    doc: dict[str, Any] = dict(clear, ciphertext=_b64(sealed))
+    doc["checksum"] = _checksum(doc)
+    body = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    with atomic_write(path, mode=0o600, overwrite=False) as f:
+        f.write(body)
+
+
+def load_keystore(path: Path, passphrase: str) -> Identity:
+    """Open the keystore at ``path``.
+
+    Raises:
+        KeystoreError: the file is missing or unreadable.
+        KeystoreTamperedError: the file is damaged or was edited.
+        WrongPassphraseError: the file is intact but the passphrase does not open it.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise KeystoreError(f"cannot read keystore: {e.strerror}", where=str(path)) from e
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise TypeError("not an object")
+        stored_sum = doc["checksum"]
+        if doc.get("format") != _KEYSTORE_FORMAT:
+            raise KeystoreTamperedError(
+                "not a keystore file",
+                expected=_KEYSTORE_FORMAT,
+                found=doc.get("format"),
+                where=str(path),
+            )
+        if not hmac.compare_digest(str(stored_sum), _checksum(doc)):
+            raise KeystoreTamperedError(
+                "keystore checksum mismatch: the file was damaged or edited; restore it "
+                "from a backup",
+                where=str(path),
+            )
+        clear = {k: v for k, v in doc.items() if k not in ("ciphertext", "checksum")}
+        kdf, aead = doc["kdf"], doc["aead"]
+        if kdf["alg"] != _KDF:
+            raise KeystoreTamperedError(
+                "unknown key derivation", expected=_KDF, found=kdf["alg"], where=str(path)
+            )
+        salt = base64.b64decode(kdf["salt"], validate=True)
+        nonce = base64.b64decode(aead["nonce"], validate=True)
+        ciphertext = base64.b64decode(doc["ciphertext"], validate=True)
+        ops, mem = int(kdf["opslimit"]), int(kdf["memlimit"])
+        sign_public = base64.b64decode(doc["sign_public"], validate=True)
+    except KeystoreTamperedError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise KeystoreTamperedError(f"keystore structure is broken ({e})", where=str(path)) from e
+    if not (
+        nacl.pwhash.argon2id.OPSLIMIT_MIN <= ops <= nacl.pwhash.argon2id.OPSLIMIT_MAX
+        and nacl.pwhash.argon2id.MEMLIMIT_MIN <= mem <= nacl.pwhash.argon2id.MEMLIMIT_MAX
+    ):
+        raise KeystoreTamperedError(
+            "Argon2id costs out of range", found=(ops, mem), where=str(path)
+        )
+    key = _derive(passphrase.encode(), salt, ops, mem)
+    try:
+        secret = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            ciphertext, json.dumps(clear, sort_keys=True).encode(), nonce, key
+        )
+    except nacl.exceptions.CryptoError as e:
+        raise WrongPassphraseError(
+            "wrong passphrase: the keystore is intact but does not open with it; check "
+            f"the passphrase, --passphrase-file or ${PASSPHRASE_ENV}",
+            where=str(path),
+        ) from e
+    identity = Identity(secret[:32], secret[32:64], doc["suite"])
+    if identity.public.signing_key != sign_public:
+        raise KeystoreTamperedError(
+            "secret key does not match the stored public key", where=str(path)
+        )
+    return identity
+
+
+def read_passphrase(
+    passphrase_file: Path | None = None, *, confirm: bool = False, prompt: str = "Passphrase"
+) -> str:
+    """The passphrase from ``--passphrase-file``, else ``$LLTOKEN_PASSPHRASE``, else a prompt.
+
+    Raises:
+        KeystoreError: the file cannot be read, or it is empty, or there is no terminal.
+    """
+    if passphrase_file is not None:
+        try:
+            text = passphrase_file.read_text().rstrip("\r\n")
+        except OSError as e:
+            raise KeystoreError(
+                f"cannot read passphrase file: {e.strerror}", where=str(passphrase_file)
+            ) from e
+        if not text:
+            raise KeystoreError("passphrase file is empty", where=str(passphrase_file))
+        return text
+    env = os.environ.get(PASSPHRASE_ENV)
+    if env:
+        return env
+    try:
+        first = getpass.getpass(f"{prompt}: ")
+        if confirm and getpass.getpass(f"{prompt} (again): ") != first:
+            raise KeystoreError("the two passphrases differ")
+    except EOFError as e:
+        raise KeystoreError(
+            f"no passphrase: no terminal to prompt on; use --passphrase-file or ${PASSPHRASE_ENV}"
+        ) from e
+    return first
+
+
+__all__ = [
+    "KEY_ID_BYTES",
+    "SUITES",
+    "SUITE_ED25519",
+    "Identity",
+    "PublicIdentity",
+    "fingerprint_of",
+    "key_id_of",
+    "load_keystore",
+    "read_passphrase",
+    "save_keystore",
+]

@@ -1,0 +1,1 @@
+"""The coordinator side: federation state, rounds over Flower strategies, ledger."""
