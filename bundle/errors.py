@@ -111,6 +111,12 @@ class IntegrityError(LLTokenError):
     exit_code = 17
 
 
+class AddressError(LLTokenError):
+    """A valid bundle that is not for us: another federation or another recipient."""
+
+    exit_code = 18
+
+
 class KeystoreError(LLTokenError):
     """A keystore that cannot be opened."""
 
@@ -135,8 +141,17 @@ class ProofError(LLTokenError):
     exit_code = 30
 
 
+class EquivocationError(ProofError):
+    """The coordinator signed two histories: two different checkpoints of one size, or a
+    checkpoint that does not extend an earlier one.  Evidence is saved; never ignore it."""
+
+    exit_code = 31
+
+
 __all__ = [
+    "AddressError",
     "DecryptionError",
+    "EquivocationError",
     "FormatError",
     "IntegrityError",
     "KeystoreError",

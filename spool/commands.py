@@ -11,8 +11,9 @@ from spool.console import echo_json
 
 
 @click.command("check")
-@click.argument("files", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def check_command(files: tuple[Path, ...], as_json: bool) -> None:
     """Check bundle FILES without keys: name, structure and payload hash.
@@ -23,12 +24,21 @@ def check_command(files: tuple[Path, ...], as_json: bool) -> None:
     for path in files:
         prefix = check_bundle(path)
         header = prefix.header
-        results.append({"file": str(path), "ok": True, "kind": header.kind,
-                        "sender": header.sender, "round": header.round,
-                        "encrypted": header.payload.encryption is not None,
-                        "payload_bytes": header.payload.size})
+        results.append(
+            {
+                "file": str(path),
+                "ok": True,
+                "kind": header.kind,
+                "sender": header.sender,
+                "round": header.round,
+                "encrypted": header.payload.encryption is not None,
+                "payload_bytes": header.payload.size,
+            }
+        )
         if not as_json:
-            click.echo(f"ok  {path.name}  {header.kind} round {header.round} "
-                       f"from {header.sender.hex()[:16]} ({header.payload.size} payload bytes)")
+            click.echo(
+                f"ok  {path.name}  {header.kind} round {header.round} "
+                f"from {header.sender.hex()[:16]} ({header.payload.size} payload bytes)"
+            )
     if as_json:
         echo_json(results)
