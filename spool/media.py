@@ -398,8 +398,9 @@ def sync_media(
         )
     # In first, so the receipts it produces (and the outbox copies they clear) are
     # reflected in what goes out in the same pass.
-    sync_in(home, handler, base, summary, max_files=max_files, max_bytes=max_bytes,
-            progress=progress)
+    sync_in(
+        home, handler, base, summary, max_files=max_files, max_bytes=max_bytes, progress=progress
+    )
     if os.access(media, os.W_OK):
         base.mkdir(parents=True, exist_ok=True)
         sync_out(home, base, summary, split_size=split_size, progress=progress)

@@ -19,5 +19,7 @@ def identities() -> tuple[Identity, Identity, Identity]:
 def pair(tmp_path: Path, identities: tuple[Identity, Identity, Identity]) -> tuple[Node, Node]:
     coord, agent, _ = identities
     known = {coord.key_id: coord.public, agent.key_id: agent.public}
-    return (make_node(tmp_path / "coord", coord, known),
-            make_node(tmp_path / "agent", agent, known))
+    return (
+        make_node(tmp_path / "coord", coord, known),
+        make_node(tmp_path / "agent", agent, known),
+    )

@@ -32,7 +32,8 @@ class RecordingHandler:
 
     def __post_init__(self) -> None:
         self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS handled (bundle_id BLOB, kind TEXT, sender BLOB)")
+            "CREATE TABLE IF NOT EXISTS handled (bundle_id BLOB, kind TEXT, sender BLOB)"
+        )
 
     def keyring(self, key_id: bytes) -> PublicIdentity | None:
         return self.known.get(key_id)
@@ -44,8 +45,10 @@ class RecordingHandler:
         return {}
 
     def handle(self, bundle: OpenedBundle) -> Outcome:
-        self.conn.execute("INSERT INTO handled VALUES (?, ?, ?)",
-                          (bundle.bundle_id, bundle.header.kind, bundle.header.sender))
+        self.conn.execute(
+            "INSERT INTO handled VALUES (?, ?, ?)",
+            (bundle.bundle_id, bundle.header.kind, bundle.header.sender),
+        )
         if bundle.header.kind in self.refuse_kinds:
             raise SchemaError("handler refuses this kind", found=bundle.header.kind)
         return Outcome("accepted")

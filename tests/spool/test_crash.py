@@ -55,9 +55,14 @@ def test_kill_at_each_step_then_restart(tmp_path: Path, step: str) -> None:
         deliver(path, agent)
     agent.home.conn.close()
 
-    child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), step], cwd=REPO,
-                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                           text=True, timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path), step],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == -9, child.stderr
 
     restarted = agent_node(tmp_path)

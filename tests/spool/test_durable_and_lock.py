@@ -15,7 +15,8 @@ from spool import HomeLock, LockedError, atomic_write, write_bytes_atomic
 
 @pytest.mark.parametrize("fail", ["fsync", "replace", "write"])
 def test_failed_atomic_write_leaves_old_file_and_no_temp(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: str) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: str
+) -> None:
     target = tmp_path / "state.bin"
     write_bytes_atomic(target, b"old")
 
@@ -24,10 +25,15 @@ def test_failed_atomic_write_leaves_old_file_and_no_temp(
 
     if fail in ("fsync", "replace"):
         monkeypatch.setattr(os, fail, boom)
-    with pytest.raises(OSError, match="injected"), atomic_write(target) as f:
-        f.write(b"new")
-        if fail == "write":
-            boom()
+
+    def write_new() -> None:
+        with atomic_write(target) as f:
+            f.write(b"new")
+            if fail == "write":
+                boom()
+
+    with pytest.raises(OSError, match="injected"):
+        write_new()
     monkeypatch.undo()
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.bin"]
@@ -44,13 +50,17 @@ def test_atomic_write_sets_mode_and_refuses_overwrite(tmp_path: Path) -> None:
 
 
 def test_second_writer_is_refused_with_owner(tmp_path: Path) -> None:
-    code = ("import sys, time; from pathlib import Path; from spool import HomeLock;"
-            "lock = HomeLock(Path(sys.argv[1])).acquire(); print('locked', flush=True);"
-            "time.sleep(30)")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; from pathlib import Path; from spool import HomeLock;"
+        "lock = HomeLock(Path(sys.argv[1])).acquire(); print('locked', flush=True);"
+        "time.sleep(30)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(LockedError) as err:
             HomeLock(tmp_path).acquire()
         assert f"pid {holder.pid}" in str(err.value)
@@ -60,4 +70,5 @@ def test_second_writer_is_refused_with_owner(tmp_path: Path) -> None:
         holder.wait()
     # The kernel released the dead holder's lock; its record is reported as stale.
     with HomeLock(tmp_path) as lock:
-        assert lock.stale is not None and lock.stale["pid"] == holder.pid
+        assert lock.stale is not None
+        assert lock.stale["pid"] == holder.pid

@@ -57,8 +57,7 @@ def test_duplicate_delivery_is_dropped_and_not_handled_twice(pair: tuple[Node, N
     assert list(agent.home.dirs.quarantine.iterdir()) == []
 
 
-def test_unknown_sender_is_quarantined_with_reason(tmp_path: Path,
-                                                   pair: tuple[Node, Node]) -> None:
+def test_unknown_sender_is_quarantined_with_reason(tmp_path: Path, pair: tuple[Node, Node]) -> None:
     _, agent = pair
     stranger = make_node(tmp_path / "stranger", Identity.generate(), {})
     sent = send(stranger, agent)
@@ -68,13 +67,16 @@ def test_unknown_sender_is_quarantined_with_reason(tmp_path: Path,
     reason = reason_of(agent, sent.name)
     assert reason["error"] == "UnknownSenderError"
     assert reason["check"] == "UnknownSenderError"
-    assert "when" in reason and "expected" in reason and "found" in reason
+    assert "when" in reason
+    assert "expected" in reason
+    assert "found" in reason
     assert (agent.home.dirs.quarantine / sent.name).exists()
     assert agent.handler.handled() == []
 
 
-def test_bundle_for_someone_else_is_refused(tmp_path: Path, pair: tuple[Node, Node],
-                                            identities: tuple[Identity, ...]) -> None:
+def test_bundle_for_someone_else_is_refused(
+    tmp_path: Path, pair: tuple[Node, Node], identities: tuple[Identity, ...]
+) -> None:
     coord, agent = pair
     other = make_node(tmp_path / "other", identities[2], dict(agent.handler.known))
     sent = send(coord, other)
@@ -92,14 +94,14 @@ def test_expired_bundle_is_refused(pair: tuple[Node, Node]) -> None:
     assert reason_of(agent, sent.name)["error"] == "ReplayError"
 
 
-def test_handler_refusal_quarantines_and_sends_rejected_receipt(
-        pair: tuple[Node, Node]) -> None:
+def test_handler_refusal_quarantines_and_sends_rejected_receipt(pair: tuple[Node, Node]) -> None:
     coord, agent = pair
     agent.handler.refuse_kinds.add("eval-result")
     sent = send(coord, agent)
     deliver(sent, agent)
     report = agent.home.ingest(agent.handler)
-    assert report.rejected and report.rejected[0]["error"] == "SchemaError"
+    assert report.rejected
+    assert report.rejected[0]["error"] == "SchemaError"
     # The handler's own writes were rolled back with it.
     assert agent.handler.handled() == []
     assert reason_of(agent, sent.name)["check"] == "handler"
@@ -131,8 +133,7 @@ def test_sequence_reuse_is_a_replay(pair: tuple[Node, Node]) -> None:
     assert reason_of(agent, second.name)["error"] == "ReplayError"
 
 
-def test_pruning_bounds_the_seen_set_but_keeps_replay_protection(
-        pair: tuple[Node, Node]) -> None:
+def test_pruning_bounds_the_seen_set_but_keeps_replay_protection(pair: tuple[Node, Node]) -> None:
     coord, agent = pair
     old = [send(coord, agent, round=r) for r in (1, 2)]
     for path in old:
@@ -154,7 +155,8 @@ def test_outbox_copies_expire(pair: tuple[Node, Node]) -> None:
     keep = send(coord, agent, expires=10)
     drop = send(coord, agent, expires=2)
     assert coord.home.expire_outbox(current_round=5) == 1
-    assert keep.exists() and not drop.exists()
+    assert keep.exists()
+    assert not drop.exists()
 
 
 def test_recover_removes_uncommitted_outbox_files(pair: tuple[Node, Node]) -> None:
@@ -164,7 +166,8 @@ def test_recover_removes_uncommitted_outbox_files(pair: tuple[Node, Node]) -> No
     orphan = sent.with_name(sent.name.replace(sent.name.split(".")[1], "0" * 64))
     orphan.write_bytes(sent.read_bytes())
     coord.home.recover()
-    assert sent.exists() and not orphan.exists()
+    assert sent.exists()
+    assert not orphan.exists()
 
 
 def test_receipt_payload_names_the_bundle(pair: tuple[Node, Node]) -> None:
@@ -179,4 +182,4 @@ def test_receipt_payload_names_the_bundle(pair: tuple[Node, Node]) -> None:
     (row,) = [r for r in coord.handler.handled() if r not in seen_before]
     assert row[1] == Receipt.KIND
     assert parse_name(sent.name)[0] == "eval-result"
-    assert FEDERATION == coord.home.federation
+    assert coord.home.federation == FEDERATION

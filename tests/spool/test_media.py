@@ -26,8 +26,10 @@ KNOWN = {COORD.key_id: COORD.public, AGENT.key_id: AGENT.public}
 
 
 def fat_tools_present() -> bool:
-    return all(shutil.which(t) for t in ("mkfs.vfat", "fusefat", "fusermount")) and \
-        Path("/dev/fuse").exists()
+    return (
+        all(shutil.which(t) for t in ("mkfs.vfat", "fusefat", "fusermount"))
+        and Path("/dev/fuse").exists()
+    )
 
 
 @pytest.fixture
@@ -39,8 +41,7 @@ def fat_image(tmp_path: Path) -> Path:
     image = tmp_path / "stick.img"
     with open(image, "wb") as f:
         f.truncate(96 << 20)
-    subprocess.run(["mkfs.vfat", "-n", "LLSTICK", str(image)], check=True,
-                   capture_output=True)
+    subprocess.run(["mkfs.vfat", "-n", "LLSTICK", str(image)], check=True, capture_output=True)
     return image
 
 
@@ -52,13 +53,13 @@ class Mount:
 
     def __call__(self, writable: bool = True) -> Path:
         options = ["-o", "rw+" if writable else "ro"]
-        subprocess.run(["fusefat", *options, str(self.image), str(self.point)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["fusefat", *options, str(self.image), str(self.point)], check=True, capture_output=True
+        )
         return self.point
 
     def unmount(self) -> None:
-        subprocess.run(["fusermount", "-u", str(self.point)], check=False,
-                       capture_output=True)
+        subprocess.run(["fusermount", "-u", str(self.point)], check=False, capture_output=True)
 
 
 @pytest.fixture
@@ -70,14 +71,17 @@ def fat(fat_image: Path, tmp_path: Path) -> Iterator[Mount]:
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> tuple[Node, Node]:
-    return (make_node(tmp_path / "coord", COORD, KNOWN),
-            make_node(tmp_path / "agent", AGENT, KNOWN))
+    return (
+        make_node(tmp_path / "coord", COORD, KNOWN),
+        make_node(tmp_path / "agent", AGENT, KNOWN),
+    )
 
 
 def roundtrip(coord: Node, agent: Node, stick: Path) -> None:
     sent = send(coord, agent)
     out = sync_media(coord.home, coord.handler, stick)
-    assert out.files_out == 1 and out.safe_to_remove
+    assert out.files_out == 1
+    assert out.safe_to_remove
     on_stick = list(stick.glob("lltoken/*/*/*/*.llb"))
     assert [p.name for p in on_stick] == [sent.name]
 
@@ -113,7 +117,8 @@ def test_read_only_stick_marks_delivered(fat: Mount, nodes: tuple[Node, Node]) -
     assert first.ingest.accepted == [sent.name]
     assert any("read-only" in s["reason"] for s in first.skipped)
     again = sync_media(agent.home, agent.handler, stick)
-    assert again.files_in == 0 and again.ingest.accepted == []
+    assert again.files_in == 0
+    assert again.ingest.accepted == []
     assert len(agent.handler.handled()) == 1
 
 
@@ -123,8 +128,7 @@ def big_model(rows: int = 2500) -> GlobalModel:
     return GlobalModel(1, model_hash(arrays), arrays)
 
 
-def test_split_files_travel_as_verified_parts(tmp_path: Path,
-                                              nodes: tuple[Node, Node]) -> None:
+def test_split_files_travel_as_verified_parts(tmp_path: Path, nodes: tuple[Node, Node]) -> None:
     coord, agent = nodes
     stick = tmp_path / "stick"
     stick.mkdir()
@@ -167,15 +171,22 @@ def pulled_mid_copy(tmp_path: Path, nodes: tuple[Node, Node], stick: Path) -> No
     coord, agent = nodes
     sent = send(coord, agent, payload=big_model())
     coord.home.conn.close()
-    child = subprocess.run([sys.executable, "-c", KILL_MID_COPY, str(tmp_path), str(stick)],
-                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                           capture_output=True, text=True, timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-c", KILL_MID_COPY, str(tmp_path), str(stick)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == -9, child.stderr
     partial = list(stick.glob("lltoken/*/*/*/.*.tmp"))
-    assert len(partial) == 1 and partial[0].stat().st_size < sent.stat().st_size
+    assert len(partial) == 1
+    assert partial[0].stat().st_size < sent.stat().st_size
 
     early = sync_media(agent.home, agent.handler, stick)
-    assert early.files_in == 0 and early.ingest.accepted == []
+    assert early.files_in == 0
+    assert early.ingest.accepted == []
     assert any("incomplete copy" in s["reason"] for s in early.skipped)
 
     coord = make_node(tmp_path / "coord", COORD, KNOWN)
@@ -192,20 +203,25 @@ def test_stick_pulled_mid_copy_plain(tmp_path: Path, nodes: tuple[Node, Node]) -
     pulled_mid_copy(tmp_path, nodes, stick)
 
 
-def test_stick_pulled_mid_copy_fat(tmp_path: Path, fat: Mount,
-                                   nodes: tuple[Node, Node]) -> None:
+def test_stick_pulled_mid_copy_fat(tmp_path: Path, fat: Mount, nodes: tuple[Node, Node]) -> None:
     pulled_mid_copy(tmp_path, nodes, fat())
 
 
 def agent_folder(stick: Path, coord: Node, agent: Node) -> Path:
-    folder = (stick / "lltoken" / coord.home.federation.hex() / agent.identity.key_id.hex()
-              / coord.identity.key_id.hex())
+    folder = (
+        stick
+        / "lltoken"
+        / coord.home.federation.hex()
+        / agent.identity.key_id.hex()
+        / coord.identity.key_id.hex()
+    )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def test_hostile_stick_contents_are_skipped_with_reasons(
-        tmp_path: Path, nodes: tuple[Node, Node]) -> None:
+    tmp_path: Path, nodes: tuple[Node, Node]
+) -> None:
     coord, agent = nodes
     stick = tmp_path / "stick"
     folder = agent_folder(stick, coord, agent)
@@ -232,7 +248,8 @@ def test_hostile_stick_contents_are_skipped_with_reasons(
     assert summary.ingest.accepted == [sent.name]
     assert len(agent.handler.handled()) == 1
     assert list(agent.home.dirs.quarantine.iterdir()) == []
-    assert Path("/etc/passwd").exists() and sparse.exists()
+    assert Path("/etc/passwd").exists()
+    assert sparse.exists()
 
 
 def test_junk_flood_is_bounded_per_pass(tmp_path: Path, nodes: tuple[Node, Node]) -> None:
@@ -243,12 +260,14 @@ def test_junk_flood_is_bounded_per_pass(tmp_path: Path, nodes: tuple[Node, Node]
         (folder / f"junk{i}").touch()
     summary = sync_media(agent.home, agent.handler, stick, max_files=5_000)
     assert any("more than 5000 files" in s["reason"] for s in summary.skipped)
-    assert summary.files_in == 0 and agent.handler.handled() == []
+    assert summary.files_in == 0
+    assert agent.handler.handled() == []
     assert list(agent.home.dirs.quarantine.iterdir()) == []
 
 
 def test_misaddressed_duplicate_and_replaced_bundles(
-        tmp_path: Path, nodes: tuple[Node, Node]) -> None:
+    tmp_path: Path, nodes: tuple[Node, Node]
+) -> None:
     coord, agent = nodes
     stick = tmp_path / "stick"
     folder = agent_folder(stick, coord, agent)
@@ -259,7 +278,8 @@ def test_misaddressed_duplicate_and_replaced_bundles(
     assert summary.ingest.rejected[0]["error"] == "AddressError"
     # Left on the stick for its rightful recipient; not copied or judged again here.
     repeat = sync_media(agent.home, agent.handler, stick)
-    assert repeat.files_in == 0 and "already quarantined" in repeat.skipped[0]["reason"]
+    assert repeat.files_in == 0
+    assert "already quarantined" in repeat.skipped[0]["reason"]
 
     old = send(coord, agent, round=1)
     shutil.copy(old, folder / old.name)
@@ -268,7 +288,8 @@ def test_misaddressed_duplicate_and_replaced_bundles(
     # Delivered twice: recognised by name, removed from the stick, not handled again.
     shutil.copy(old, folder / old.name)
     again = sync_media(agent.home, agent.handler, stick)
-    assert again.files_in == 0 and again.removed_from_stick == 1
+    assert again.files_in == 0
+    assert again.removed_from_stick == 1
     # A newer bundle's file whose bytes were replaced by an older bundle: the name no
     # longer matches the content, so the copy is quarantined and nothing is handled.
     newer = send(coord, agent, round=2)

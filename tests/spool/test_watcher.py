@@ -17,8 +17,9 @@ from tests.spool.nodes import Node, send
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start(inbox: Path, **kwargs: float) -> tuple[list[list[Path]], threading.Event,
-                                                  threading.Thread]:
+def start(
+    inbox: Path, **kwargs: float
+) -> tuple[list[list[Path]], threading.Event, threading.Thread]:
     calls: list[list[Path]] = []
     stop = threading.Event()
     watcher = InboxWatcher(inbox, calls.append, **kwargs)
@@ -65,7 +66,8 @@ def test_slow_copy_waits_until_whole(pair: tuple[Node, Node]) -> None:
     assert wait_for(lambda: calls)
     stop.set()
     thread.join(5)
-    assert calls == [[target]] and is_complete(target)
+    assert calls == [[target]]
+    assert is_complete(target)
 
 
 def test_stalled_partial_file_is_handed_over_after_settle(pair: tuple[Node, Node]) -> None:
@@ -105,10 +107,15 @@ CHILD = textwrap.dedent("""
 
 def test_sigterm_and_sigint_stop_cleanly(tmp_path: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "inbox")],
-                                 cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                 stdout=subprocess.PIPE, text=True)
-        assert child.stdout is not None and child.stdout.readline().strip() == "watching"
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(tmp_path / "inbox")],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "watching"
         child.send_signal(sig)
         out, _ = child.communicate(timeout=10)
         assert child.returncode == 0
