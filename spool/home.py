@@ -75,6 +75,10 @@ class Handler(Protocol):
                 'rejected' receipt goes back to its sender.
         """
 
+    def refused(self, bundle: OpenedBundle, error: LLTokenError) -> None:
+        """Called in the same transaction after :meth:`handle` refused ``bundle`` (its own
+        writes rolled back), e.g. to lower the sender's reputation."""
+
 
 @dataclass
 class IngestReport:
@@ -269,6 +273,7 @@ class SpoolHome:
             except LLTokenError as e:
                 conn.execute("ROLLBACK TO handler")
                 conn.execute("RELEASE handler")
+                handler.refused(opened, e)
                 refused = e
                 outcome = Outcome("rejected", str(e)[:1000])
             _crash_point("handled")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from bundle.envelope import OpenedBundle
-from bundle.errors import SchemaError
+from bundle.errors import LLTokenError, SchemaError
 from bundle.keys import Identity, PublicIdentity
 from bundle.payloads import EvalResult, Payload
 from spool.home import Outcome, SpoolHome
@@ -52,6 +52,10 @@ class RecordingHandler:
         if bundle.header.kind in self.refuse_kinds:
             raise SchemaError("handler refuses this kind", found=bundle.header.kind)
         return Outcome("accepted")
+
+    def refused(self, bundle: OpenedBundle, error: LLTokenError) -> None:
+        self.conn.execute("INSERT INTO handled VALUES (?, ?, ?)",
+                          (bundle.bundle_id, "refused", bundle.header.sender))
 
     def handled(self) -> list[tuple[bytes, str, bytes]]:
         return self.conn.execute("SELECT bundle_id, kind, sender FROM handled").fetchall()

@@ -102,8 +102,8 @@ def test_handler_refusal_quarantines_and_sends_rejected_receipt(pair: tuple[Node
     report = agent.home.ingest(agent.handler)
     assert report.rejected
     assert report.rejected[0]["error"] == "SchemaError"
-    # The handler's own writes were rolled back with it.
-    assert agent.handler.handled() == []
+    # The handler's own writes were rolled back with it; only its refusal hook wrote.
+    assert [row[1] for row in agent.handler.handled()] == ["refused"]
     assert reason_of(agent, sent.name)["check"] == "handler"
     (receipt_path,) = agent.home.dirs.outbox_root.glob("*/receipt.*.llb")
     deliver(receipt_path, coord)
