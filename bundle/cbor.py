@@ -115,7 +115,8 @@ def _encode_array(arr: np.ndarray[Any, Any]) -> Iterator[bytes | memoryview]:
         raise FormatError(
             "array has too many dimensions", expected=f"<= {MAX_DIMS}", found=arr.ndim
         )
-    little = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    # ascontiguousarray returns at least 1-d: reshape keeps a 0-d array 0-d.
+    little = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).reshape(arr.shape)
     yield _head(6, TAG_MULTI_DIM) + _head(4, 2) + _head(4, little.ndim)
     for dim in little.shape:
         yield _head(0, dim)
@@ -143,7 +144,12 @@ def iter_encode(obj: Any) -> Iterator[bytes | memoryview]:
     elif isinstance(obj, float):
         yield _encode_float(obj)
     elif isinstance(obj, str):
-        data = obj.encode("utf-8")
+        try:
+            data = obj.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise FormatError(
+                "text is not valid Unicode (lone surrogate)", expected="UTF-8", found=repr(obj)[:40]
+            ) from e
         yield _head(3, len(data)) + data
     elif isinstance(obj, bytes | bytearray | memoryview):
         view = memoryview(obj).cast("B")
@@ -390,7 +396,13 @@ class _Decoder:
                 at=tag_start,
             )
         # A zero-copy view of the input: writable when the caller passed a bytearray.
-        return np.frombuffer(self.take(nbytes), dtype=dtype).reshape(shape)
+        data = np.frombuffer(self.take(nbytes), dtype=dtype)
+        try:
+            return data.reshape(shape)
+        except ValueError as e:  # only an empty array can get here with absurd dimensions
+            raise self.fail(
+                "typed array shape is beyond numpy's limits", found=shape, at=dims_start
+            ) from e
 
     def simple(self, ai: int, arg: int, start: int) -> Any:
         if ai == 20:

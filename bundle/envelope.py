@@ -73,6 +73,7 @@ MAX_CHUNK = 4 * 1024 * 1024
 _ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES
 _READ_SIZE = 1 << 20
 _SPOOL_IN_MEMORY = 16 * 1024 * 1024
+_ZSTD_THREADS = 2
 # zstd frames we write use windows far below this; refusing larger ones bounds the
 # decoder's own allocation whatever a hostile frame asks for.
 _MAX_WINDOW = 1 << 25
@@ -82,6 +83,8 @@ _MAX_WINDOW = 1 << 25
 SMALL_PAYLOAD_CAP = 1 << 20
 MODEL_KINDS = frozenset({"global-model", "model-update", "ledger-delta"})
 DEFAULT_MAX_PAYLOAD = 4 << 30
+# Kinds signed by a key the receiver does not know yet (verified against the payload).
+SELF_SIGNED_KINDS = frozenset({"enroll-request"})
 
 
 @dataclass(frozen=True)
@@ -311,7 +314,8 @@ def parse_name(name: str) -> tuple[str, bytes]:
     Raises:
         FormatError: the name is not ``<kind>.<64 hex>.llb``.
     """
-    match = NAME_RE.match(name)
+    # fullmatch: with match, "$" would also accept a name ending in a newline.
+    match = NAME_RE.fullmatch(name)
     if not match or match.group(1) not in KINDS:
         raise FormatError(
             "not a bundle file name", expected="<kind>.<64 hex digits>.llb", found=name[:120]
@@ -385,6 +389,26 @@ class PackedBundle:
     path: Path | None = None
 
 
+def _kernel_copy(src: Any, dst: Any, dst_offset: int, size: int) -> int:
+    """Copy a spooled payload file to ``dst`` inside the kernel; returns the bytes copied.
+
+    About 3x faster than a copy through Python buffers.  Where the kernel cannot (no
+    real file descriptor, or copy_file_range unsupported), it copies what it can and the
+    caller copies the rest the ordinary way.
+    """
+    done = 0
+    try:
+        src_fd, dst_fd = src.fileno(), dst.fileno()
+        while done < size:
+            n = os.copy_file_range(src_fd, dst_fd, size - done, done, dst_offset + done)
+            if n == 0:
+                break
+            done += n
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        pass
+    return done
+
+
 class _Sealed:
     def __init__(self, header: Header, prefix: bytes, sink: _Sink) -> None:
         self.header = header
@@ -395,8 +419,14 @@ class _Sealed:
 
     def write_to(self, out: BinaryIO) -> None:
         out.write(self.prefix)
-        self.sink.file.seek(0)
-        shutil.copyfileobj(self.sink.file, out, _READ_SIZE * 4)
+        spool = self.sink.file
+        spool.seek(0)
+        if self.sink.size > _SPOOL_IN_MEMORY:  # the spool rolled over to a real file
+            out.flush()
+            copied = _kernel_copy(spool, out, len(self.prefix), self.sink.size)
+            spool.seek(copied)
+            out.seek(len(self.prefix) + copied)
+        shutil.copyfileobj(spool, out, _READ_SIZE * 4)
 
     def packed(self, path: Path | None) -> PackedBundle:
         return PackedBundle(
@@ -426,7 +456,11 @@ def _seal(
     content_key = sodium.crypto_secretstream_xchacha20poly1305_keygen() if encrypt else b""
     encryptor = _Encryptor(sink, content_key, DEFAULT_CHUNK) if encrypt else None
     target: _Sink | _Encryptor = encryptor or sink
-    compressor = zstandard.ZstdCompressor(level=level).compressobj()
+    # Model payloads compress on zstd worker threads, overlapping hashing, encryption and
+    # writing.  zstd's multi-threaded output does not depend on the worker count (>= 1),
+    # so bundles stay reproducible; small payloads skip the ~0.3 ms thread start.
+    threads = _ZSTD_THREADS if kind in MODEL_KINDS else 0
+    compressor = zstandard.ZstdCompressor(level=level, threads=threads).compressobj()
     raw = 0
     for chunk in cbor.iter_encode(payload.to_cbor(EncodeContext(level, parents))):
         raw += len(chunk)
@@ -812,56 +846,127 @@ def open_bundle(
     Raises:
         LLTokenError: the subclass names the check that failed, in the order above.
     """
-    where = str(path)
     with open(path, "rb") as f:
-        file_size = os.fstat(f.fileno()).st_size
-        prefix = read_prefix(f, file_size, where)
-        header = prefix.header
-        sender = keyring(header.sender)
-        if sender is None:
-            raise UnknownSenderError(
-                "bundle signed by a key that is not enrolled (or is revoked)",
-                expected="an enrolled sender",
-                found=header.sender.hex(),
-                where=where,
-            )
+        return _open_stream(
+            f,
+            os.fstat(f.fileno()).st_size,
+            str(path),
+            keyring,
+            identity=identity,
+            policy=policy,
+            parents=parents,
+            max_payload=max_payload,
+        )
+
+
+def open_bundle_bytes(
+    data: bytes,
+    keyring: Keyring,
+    *,
+    where: str = "",
+    identity: Identity | None = None,
+    policy: Policy | None = None,
+    parents: Mapping[bytes, np.ndarray[Any, Any]] | None = None,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> OpenedBundle:
+    """Verify and open a bundle held in memory (e.g. one embedded in a ledger entry).
+
+    Same checks, in the same order, as :func:`open_bundle`; ``where`` names the bytes
+    in error messages.
+
+    Raises:
+        LLTokenError: the subclass names the check that failed.
+    """
+    return _open_stream(
+        io.BytesIO(data),
+        len(data),
+        where,
+        keyring,
+        identity=identity,
+        policy=policy,
+        parents=parents,
+        max_payload=max_payload,
+    )
+
+
+def _open_stream(
+    f: BinaryIO,
+    file_size: int,
+    where: str,
+    keyring: Keyring,
+    *,
+    identity: Identity | None,
+    policy: Policy | None,
+    parents: Mapping[bytes, np.ndarray[Any, Any]] | None,
+    max_payload: int,
+) -> OpenedBundle:
+    prefix = read_prefix(f, file_size, where)
+    header = prefix.header
+    sender = keyring(header.sender)
+    # An enrollment request comes from a key nobody knows yet; it carries its public
+    # identity in a small, unencrypted payload, so that payload is read (under the small
+    # cap) and the signature is checked against it: proof of possession of the key.
+    self_signed = (
+        sender is None and header.kind in SELF_SIGNED_KINDS and header.payload.encryption is None
+    )
+    if sender is None and not self_signed:
+        raise UnknownSenderError(
+            "bundle signed by a key that is not enrolled (or is revoked)",
+            expected="an enrolled sender",
+            found=header.sender.hex(),
+            where=where,
+        )
+    if sender is not None:
         verify_signatures(prefix, sender, where)
         if policy is not None:
             policy(header)
-        cap = max_payload if header.kind in MODEL_KINDS else SMALL_PAYLOAD_CAP
-        if header.payload.raw > cap:
-            raise SizeError(
-                f"{header.kind} payload larger than allowed",
-                expected=f"<= {cap} bytes",
-                found=header.payload.raw,
-                where=where,
-            )
-        content_key = _content_key(header, identity, where)
-        payload_hash = hashlib.sha256()
+    cap = max_payload if header.kind in MODEL_KINDS else SMALL_PAYLOAD_CAP
+    if header.payload.raw > cap:
+        raise SizeError(
+            f"{header.kind} payload larger than allowed",
+            expected=f"<= {cap} bytes",
+            found=header.payload.raw,
+            where=where,
+        )
+    content_key = _content_key(header, identity, where)
+    payload_hash = hashlib.sha256()
 
-        def hashed() -> Iterator[bytes]:
-            for data in _payload_chunks(f, header.payload.size):
-                payload_hash.update(data)
-                yield data
+    def hashed() -> Iterator[bytes]:
+        for data in _payload_chunks(f, header.payload.size):
+            payload_hash.update(data)
+            yield data
 
-        stream = hashed()
-        plain: Iterator[bytes] = stream
-        if header.payload.encryption is not None and content_key is not None:
-            plain = _decrypt(stream, header.payload.encryption, content_key, where)
-        try:
-            buffer = _decompress_into(plain, header.payload.raw, where)
-        except LLTokenError:
-            # A tampered payload shows first as a decryption or zstd failure; finish
-            # hashing so it is reported as the integrity failure it is.
-            for _ in stream:
-                pass
-            _check_hash(payload_hash.digest(), header, where)
-            raise
-        for _ in stream:  # a stream that ends early leaves bytes unhashed; hash them
+    stream = hashed()
+    plain: Iterator[bytes] = stream
+    if header.payload.encryption is not None and content_key is not None:
+        plain = _decrypt(stream, header.payload.encryption, content_key, where)
+    try:
+        buffer = _decompress_into(plain, header.payload.raw, where)
+    except LLTokenError:
+        # A tampered payload shows first as a decryption or zstd failure; finish
+        # hashing so it is reported as the integrity failure it is.
+        for _ in stream:
             pass
         _check_hash(payload_hash.digest(), header, where)
+        raise
+    for _ in stream:  # a stream that ends early leaves bytes unhashed; hash them
+        pass
+    _check_hash(payload_hash.digest(), header, where)
     obj = cbor.decode(buffer, where=f"{where} payload")
     payload = payload_from_cbor(header.kind, obj, parents=parents, where=where)
+    if sender is None:
+        claimed = getattr(payload, "identity", None)
+        if not isinstance(claimed, PublicIdentity) or claimed.key_id != header.sender:
+            raise UnknownSenderError(
+                "self-signed bundle does not carry the identity that signed it",
+                expected=header.sender.hex(),
+                found=claimed.key_id.hex() if isinstance(claimed, PublicIdentity) else None,
+                where=where,
+            )
+        verify_signatures(prefix, claimed, where)
+        if policy is not None:
+            policy(header)
+        sender = claimed
     return OpenedBundle(prefix.bundle_id, header, payload, sender, file_size)
 
 
@@ -942,6 +1047,7 @@ __all__ = [
     "bundle_name",
     "check_bundle",
     "open_bundle",
+    "open_bundle_bytes",
     "pack_bundle",
     "pack_bytes",
     "parse_name",

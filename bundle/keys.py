@@ -50,9 +50,13 @@ SUITE_ED25519 = "ed25519"
 SUITES = (SUITE_ED25519,)
 
 KEY_ID_BYTES = 16
+_BOX_PROBE = bytes([9]) * 32  # any scalar: only a low-order point maps it to zero
 _KEY_ID_DOMAIN = b"lltoken/key-id/v1\x00"
 _KEYSTORE_FORMAT = "lltoken-keystore/v1"
 _KDF = "argon2id13"
+_NONCE_BYTES = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+# Both 32-byte secret seeds plus the AEAD tag.
+_SEALED_BYTES = 64 + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES
 
 # Argon2id costs.  MODERATE (256 MiB, about a second here) protects a stolen stick well;
 # tests and simulations pass the INTERACTIVE limits to stay fast.
@@ -102,6 +106,16 @@ class PublicIdentity:
                     expected="32 bytes",
                     found=f"{len(key)} bytes" if isinstance(key, bytes) else type(key).__name__,
                 )
+        try:
+            # A low-order X25519 key makes every shared secret zero: libsodium refuses to
+            # seal to it, so refuse it here, where untrusted keys (enrollments) arrive.
+            nacl.bindings.crypto_scalarmult(_BOX_PROBE, self.box_key)
+        except nacl.exceptions.CryptoError as e:
+            raise FormatError(
+                "public box_key is a low-order point",
+                expected="an X25519 public key",
+                found=self.box_key.hex(),
+            ) from e
         object.__setattr__(self, "key_id", key_id_of(self.suite, self.signing_key, self.box_key))
 
     @property
@@ -302,9 +316,17 @@ def load_keystore(path: Path, passphrase: str) -> Identity:
         ciphertext = base64.b64decode(doc["ciphertext"], validate=True)
         ops, mem = int(kdf["opslimit"]), int(kdf["memlimit"])
         sign_public = base64.b64decode(doc["sign_public"], validate=True)
+        sizes = (len(salt), len(nonce), len(ciphertext))
+        if sizes != (nacl.pwhash.argon2id.SALTBYTES, _NONCE_BYTES, _SEALED_BYTES):
+            raise KeystoreTamperedError(
+                "keystore salt, nonce or ciphertext has the wrong length",
+                expected=(nacl.pwhash.argon2id.SALTBYTES, _NONCE_BYTES, _SEALED_BYTES),
+                found=sizes,
+                where=str(path),
+            )
     except KeystoreTamperedError:
         raise
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
         raise KeystoreTamperedError(f"keystore structure is broken ({e})", where=str(path)) from e
     if not (
         nacl.pwhash.argon2id.OPSLIMIT_MIN <= ops <= nacl.pwhash.argon2id.OPSLIMIT_MAX

@@ -269,7 +269,7 @@ def verify_inclusion(
             )
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
-            while fn and not fn & 1:  # step 4b: climb to where this subtree is a right child
+            while fn and not fn & 1:  # step 4b: skip levels with no sibling
                 fn >>= 1
                 sn >>= 1
         else:
@@ -371,7 +371,7 @@ def verify_consistency(
         if fn & 1 or fn == sn:
             fr = node_hash(c, fr)
             sr = node_hash(c, sr)
-            while fn and not fn & 1:  # step 6b: climb to where this subtree is a right child
+            while fn and not fn & 1:  # step 6b: skip levels with no sibling
                 fn >>= 1
                 sn >>= 1
         else:

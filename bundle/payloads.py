@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bundle.arrays import Arrays, decode_arrays, encode_arrays
+from bundle.cbor import DTYPE_TAGS
 from bundle.errors import FormatError, SchemaError
 from bundle.keys import KEY_ID_BYTES, PublicIdentity
 
@@ -125,12 +126,38 @@ def _metrics(value: Any, name: str, where: str) -> None:
             _finite(item, f"metric {key}", where)
 
 
+def _check_arrays(arrays: Any, where: str) -> None:
+    """A list of (unique text name, numpy array of an allowed dtype) pairs."""
+    _check_type(arrays, list, "arrays", where)
+    names: set[str] = set()
+    for index, item in enumerate(arrays):
+        at = f"{where} arrays[{index}]"
+        if not (
+            isinstance(item, tuple | list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], np.ndarray)
+        ):
+            raise _fail("model array must be a (text name, numpy array) pair", at)
+        name, arr = item
+        if name in names:
+            raise _fail("duplicate array name", at, found=name)
+        names.add(name)
+        if arr.dtype.name not in DTYPE_TAGS:
+            raise _fail(
+                "array dtype not allowed", at, expected=sorted(DTYPE_TAGS), found=arr.dtype.name
+            )
+
+
 def check_weights(arrays: Arrays, where: str, bound: float = MAX_WEIGHT) -> None:
-    """Every float array finite and within ``bound``; checked in blocks to bound memory.
+    """Well-formed arrays; every float array finite and within ``bound`` (checked in
+    blocks to bound memory).
 
     Raises:
-        SchemaError: a NaN, an infinity, or a weight beyond ``bound``.
+        SchemaError: not (name, array) pairs, a duplicate name, a dtype outside the
+            allowlist, a NaN, an infinity, or a weight beyond ``bound``.
     """
+    _check_arrays(arrays, where)
     for name, arr in arrays:
         if arr.dtype.kind != "f" or arr.size == 0:
             continue

@@ -1,4 +1,4 @@
-"""Content-addressed model storage: ``<home>/models/<model hash>.npz``.
+"""Content-addressed array storage: ``<home>/models/<model hash>.npz`` (used by both sides).
 
 Global models are kept once per round by hash (the hash is over names, dtypes, shapes
 and bytes, see :func:`bundle.arrays.model_hash`), written atomically, and read back with
