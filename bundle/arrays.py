@@ -232,7 +232,10 @@ def _unfilter(
     entry: dict[str, Any], parents: Mapping[bytes, np.ndarray[Any, Any]], at: str
 ) -> np.ndarray[Any, Any]:
     listed = entry.get("filters")
-    filters = tuple(listed) if isinstance(listed, list) else ()
+    # Only text names: a decoded typed array compared with "==" would not give a bool.
+    filters: tuple[str, ...] = ()
+    if isinstance(listed, list) and all(isinstance(f, str) for f in listed):
+        filters = tuple(listed)
     keys = {"name", "dtype", "shape", "filters", "data"} | (
         {"parent"} if "xor" in filters else set()
     )

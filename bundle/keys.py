@@ -97,7 +97,7 @@ class PublicIdentity:
     key_id: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.suite not in SUITES:
+        if not isinstance(self.suite, str) or self.suite not in SUITES:
             raise FormatError("unknown signature suite", expected=SUITES, found=self.suite)
         for name, key in (("signing_key", self.signing_key), ("box_key", self.box_key)):
             if not isinstance(key, bytes) or len(key) != 32:

@@ -253,6 +253,7 @@ class RosterMember:
 
     def __post_init__(self) -> None:
         _text(self.name, "name", "roster member", MAX_NAME)
+        _check_type(self.status, str, "status", "roster member")
         if self.status not in ROSTER_STATUSES:
             raise _fail(
                 "unknown member status",
@@ -323,6 +324,7 @@ class RoundTask(Payload):
 
     def __post_init__(self) -> None:
         _uint(self.round, "round", self.KIND)
+        _check_type(self.task_type, str, "task_type", self.KIND)
         if self.task_type not in TASK_TYPES:
             raise _fail(
                 "unknown task type",
@@ -631,6 +633,7 @@ class Receipt(Payload):
 
     def __post_init__(self) -> None:
         _digest(self.bundle_id, "bundle_id", self.KIND)
+        _check_type(self.status, str, "status", self.KIND)
         if self.status not in RECEIPT_STATUSES:
             raise _fail(
                 "unknown receipt status",

@@ -6,6 +6,7 @@ TOML because operators edit it by hand and Python reads it with the standard lib
 
 from __future__ import annotations
 
+import importlib
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -14,8 +15,19 @@ from typing import Any
 
 from bundle.errors import SchemaError
 
-STRATEGY_NAMES = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad",
-                  "FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan")
+STRATEGY_NAMES = (
+    "FedAvg",
+    "FedProx",
+    "FedAvgM",
+    "FedAdam",
+    "FedYogi",
+    "FedAdagrad",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "MultiKrum",
+    "Bulyan",
+)
 
 
 @dataclass(frozen=True)
@@ -34,12 +46,18 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.quality_min <= self.quality_max:
-            raise SchemaError("reward quality range is inverted",
-                              expected="0 <= quality_min <= quality_max",
-                              found=(self.quality_min, self.quality_max), where="[rewards]")
+            raise SchemaError(
+                "reward quality range is inverted",
+                expected="0 <= quality_min <= quality_max",
+                found=(self.quality_min, self.quality_max),
+                where="[rewards]",
+            )
         if not self.reputation_min <= self.reputation_start <= self.reputation_max:
-            raise SchemaError("reputation_start outside the reputation bounds",
-                              found=self.reputation_start, where="[rewards]")
+            raise SchemaError(
+                "reputation_start outside the reputation bounds",
+                found=self.reputation_start,
+                where="[rewards]",
+            )
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,7 @@ class CoordinatorConfig:
     max_num_examples: int = 100_000
     max_weight: float = 1e6
     validation_set: str = ""  # path to an .npz with X and y for held-out quality scoring
+    evaluator: str = "agent.example_model:evaluate_arrays"  # (arrays, X, y) -> (loss, acc)
     app: str = "agent.example_app:app"
     initializer: str = "agent.example_model:initial_arrays"
     run_config: dict[str, Any] = field(default_factory=dict)
@@ -66,15 +85,21 @@ class CoordinatorConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGY_NAMES:
-            raise SchemaError("unknown strategy", expected=STRATEGY_NAMES, found=self.strategy,
-                              where="config.toml [federation] strategy")
+            raise SchemaError(
+                "unknown strategy",
+                expected=STRATEGY_NAMES,
+                found=self.strategy,
+                where="config.toml [federation] strategy",
+            )
         for name in ("rounds", "quorum", "deadline_rounds"):
             if getattr(self, name) < 1:
-                raise SchemaError(f"{name} must be at least 1", found=getattr(self, name),
-                                  where="config.toml")
+                raise SchemaError(
+                    f"{name} must be at least 1", found=getattr(self, name), where="config.toml"
+                )
         if not math.isfinite(self.max_weight) or self.max_weight <= 0:
-            raise SchemaError("max_weight must be a positive number", found=self.max_weight,
-                              where="config.toml")
+            raise SchemaError(
+                "max_weight must be a positive number", found=self.max_weight, where="config.toml"
+            )
 
 
 TEMPLATE = """\
@@ -115,6 +140,8 @@ initializer = {initializer!r}
 # Optional held-out set (.npz with arrays X and y) the coordinator uses to measure each
 # update's quality itself.  Empty: quality is each update's agreement with the aggregate.
 path = {validation!r}
+# The function that scores a model on it: module:attribute, (arrays, X, y) -> (loss, acc).
+evaluator = "agent.example_model:evaluate_arrays"
 # Updates claiming more examples than this are capped (self-reports are never decisive).
 max_num_examples = 100000
 # Model weights beyond this magnitude are refused as invalid.
@@ -156,17 +183,34 @@ def _toml_table(values: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render(name: str, federation_id: bytes, *, strategy: str = "FedAvg",
-           strategy_params: dict[str, Any] | None = None, rounds: int = 5,
-           participants: int = 0, quorum: int = 1, seed: int = 0,
-           initializer: str = "agent.example_model:initial_arrays", validation: str = "",
-           run_config: dict[str, Any] | None = None) -> str:
+def render(
+    name: str,
+    federation_id: bytes,
+    *,
+    strategy: str = "FedAvg",
+    strategy_params: dict[str, Any] | None = None,
+    rounds: int = 5,
+    participants: int = 0,
+    quorum: int = 1,
+    seed: int = 0,
+    initializer: str = "agent.example_model:initial_arrays",
+    validation: str = "",
+    run_config: dict[str, Any] | None = None,
+) -> str:
     """The documented config file for a new federation."""
     return TEMPLATE.format(
-        name=name, fid=federation_id.hex(), strategy=strategy, rounds=rounds,
-        participants=participants, quorum=quorum, seed=seed, initializer=initializer,
-        validation=validation, strategy_params=_toml_table(strategy_params or {}),
-        run_config=_toml_table(run_config or {"local-epochs": 5, "lr": 0.1}))
+        name=name,
+        fid=federation_id.hex(),
+        strategy=strategy,
+        rounds=rounds,
+        participants=participants,
+        quorum=quorum,
+        seed=seed,
+        initializer=initializer,
+        validation=validation,
+        strategy_params=_toml_table(strategy_params or {}),
+        run_config=_toml_table(run_config or {"local-epochs": 5, "lr": 0.1}),
+    )
 
 
 def load(path: Path) -> CoordinatorConfig:
@@ -198,15 +242,32 @@ def load(path: Path) -> CoordinatorConfig:
             max_num_examples=int(validation.get("max_num_examples", 100_000)),
             max_weight=float(validation.get("max_weight", 1e6)),
             validation_set=str(validation.get("path", "")),
+            evaluator=str(validation.get("evaluator", "agent.example_model:evaluate_arrays")),
             app=str(model.get("app", "agent.example_app:app")),
             initializer=str(model.get("initializer", "agent.example_model:initial_arrays")),
             run_config=dict(doc.get("run_config", {})),
-            initial_allocation={str(k): int(v) for k, v in
-                                doc.get("initial_allocation", {}).items()},
+            initial_allocation={
+                str(k): int(v) for k, v in doc.get("initial_allocation", {}).items()
+            },
             rewards=RewardConfig(**doc.get("rewards", {})),
         )
     except (KeyError, ValueError, TypeError) as e:
         raise SchemaError(f"invalid config: {type(e).__name__}: {e}", where=str(path)) from e
 
 
-__all__ = ["STRATEGY_NAMES", "CoordinatorConfig", "RewardConfig", "load", "render"]
+def load_callable(ref: str) -> Any:
+    """Import ``module:attribute`` (the Flower app, initializer or evaluator).
+
+    Raises:
+        SchemaError: the reference is malformed or does not import.
+    """
+    module_name, _, attribute = ref.partition(":")
+    if not module_name or not attribute:
+        raise SchemaError("not a module:attribute reference", found=ref)
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise SchemaError(f"cannot load {ref}: {e}") from e
+
+
+__all__ = ["STRATEGY_NAMES", "CoordinatorConfig", "RewardConfig", "load", "load_callable", "render"]

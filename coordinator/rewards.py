@@ -56,11 +56,14 @@ def quality_from_agreement(cosine: float, norm: float, median_norm: float) -> fl
     return 2.0 * max(0.0, cosine) * penalty
 
 
-def flat_step(arrays: list[tuple[str, np.ndarray[Any, Any]]],
-              base: list[tuple[str, np.ndarray[Any, Any]]]) -> np.ndarray[Any, Any]:
+def flat_step(
+    arrays: list[tuple[str, np.ndarray[Any, Any]]], base: list[tuple[str, np.ndarray[Any, Any]]]
+) -> np.ndarray[Any, Any]:
     """The update's step from ``base`` as one float64 vector."""
-    parts = [np.asarray(a, dtype=np.float64).ravel() - np.asarray(b, dtype=np.float64).ravel()
-             for (_, a), (_, b) in zip(arrays, base, strict=True)]
+    parts = [
+        np.asarray(a, dtype=np.float64).ravel() - np.asarray(b, dtype=np.float64).ravel()
+        for (_, a), (_, b) in zip(arrays, base, strict=True)
+    ]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -96,8 +99,9 @@ class Reward:
         }
 
 
-def reward(quality: float, reputation: float, streak: int, cfg: RewardConfig,
-           method: str) -> Reward:
+def reward(
+    quality: float, reputation: float, streak: int, cfg: RewardConfig, method: str
+) -> Reward:
     """Tokens and the new reputation for a scored update (``streak`` includes this round)."""
     q = clamp(quality, cfg.quality_min, cfg.quality_max)
     bonus = cfg.participation_bonus if streak >= cfg.bonus_streak else 0
@@ -105,8 +109,7 @@ def reward(quality: float, reputation: float, streak: int, cfg: RewardConfig,
         tokens = 0
     else:
         tokens = math.floor((cfg.base_reward_per_round * q + bonus) * reputation)
-    after = clamp(reputation + REPUTATION_STEP * (q - 1.0), cfg.reputation_min,
-                  cfg.reputation_max)
+    after = clamp(reputation + REPUTATION_STEP * (q - 1.0), cfg.reputation_min, cfg.reputation_max)
     return Reward(max(tokens, 0), quality, q, bonus, reputation, after, streak, method)
 
 

@@ -84,8 +84,10 @@ class AgentRow:
         return self.key_id.hex()[:16]
 
 
-_AGENT_COLUMNS = ("key_id, name, suite, sign_key, box_key, status, node_id, info, "
-                  "requested_round, reputation, streak, last_round, ledger_ack")
+_AGENT_COLUMNS = (
+    "key_id, name, suite, sign_key, box_key, status, node_id, info, "
+    "requested_round, reputation, streak, last_round, ledger_ack"
+)
 
 
 class CoordinatorState:
@@ -102,59 +104,90 @@ class CoordinatorState:
         return default if row is None else json.loads(row[0])
 
     def set(self, key: str, value: Any) -> None:
-        self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO "
-                          "UPDATE SET value = excluded.value", (key, json.dumps(value)))
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO "
+            "UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
 
     # -- agents
 
     def agents(self, status: str | None = None) -> list[AgentRow]:
         query = f"SELECT {_AGENT_COLUMNS} FROM agents"
-        rows = (self.conn.execute(query + " WHERE status = ? ORDER BY name", (status,))
-                if status else self.conn.execute(query + " ORDER BY name"))
+        rows = (
+            self.conn.execute(query + " WHERE status = ? ORDER BY name", (status,))
+            if status
+            else self.conn.execute(query + " ORDER BY name")
+        )
         return [AgentRow(*r) for r in rows.fetchall()]
 
     def agent(self, key_id: bytes) -> AgentRow | None:
-        row = self.conn.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE key_id = ?",
-                                (key_id,)).fetchone()
+        row = self.conn.execute(
+            f"SELECT {_AGENT_COLUMNS} FROM agents WHERE key_id = ?", (key_id,)
+        ).fetchone()
         return None if row is None else AgentRow(*row)
 
     def agent_by_node(self, node_id: int) -> AgentRow | None:
-        row = self.conn.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE node_id = ?",
-                                (node_id,)).fetchone()
+        row = self.conn.execute(
+            f"SELECT {_AGENT_COLUMNS} FROM agents WHERE node_id = ?", (node_id,)
+        ).fetchone()
         return None if row is None else AgentRow(*row)
 
     def update_agent(self, key_id: bytes, **fields: Any) -> None:
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        self.conn.execute(f"UPDATE agents SET {assignments} WHERE key_id = ?",  # noqa: S608
-                          (*fields.values(), key_id))
+        self.conn.execute(
+            f"UPDATE agents SET {assignments} WHERE key_id = ?",
+            (*fields.values(), key_id),
+        )
 
     # -- rounds
 
     def round_row(self, number: int) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT round, status, model_hash, sampled, opened_at, "
-                                "closed_at, summary FROM rounds WHERE round = ?",
-                                (number,)).fetchone()
+        row = self.conn.execute(
+            "SELECT round, status, model_hash, sampled, opened_at, "
+            "closed_at, summary FROM rounds WHERE round = ?",
+            (number,),
+        ).fetchone()
         if row is None:
             return None
-        return {"round": row[0], "status": row[1], "model_hash": row[2],
-                "sampled": json.loads(row[3]), "opened_at": row[4], "closed_at": row[5],
-                "summary": json.loads(row[6]) if row[6] else None}
+        return {
+            "round": row[0],
+            "status": row[1],
+            "model_hash": row[2],
+            "sampled": json.loads(row[3]),
+            "opened_at": row[4],
+            "closed_at": row[5],
+            "summary": json.loads(row[6]) if row[6] else None,
+        }
 
     def summaries(self) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT summary FROM rounds WHERE summary IS NOT NULL "
-                                 "ORDER BY round").fetchall()
+        rows = self.conn.execute(
+            "SELECT summary FROM rounds WHERE summary IS NOT NULL ORDER BY round"
+        ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def updates(self, number: int, status: str | None = None) -> list[dict[str, Any]]:
-        query = ("SELECT agent, bundle_id, name, num_examples, metrics, status, size FROM "
-                 "updates WHERE round = ?")
+        query = (
+            "SELECT agent, bundle_id, name, num_examples, metrics, status, size FROM "
+            "updates WHERE round = ?"
+        )
         args: tuple[Any, ...] = (number,)
         if status:
             query += " AND status = ?"
             args += (status,)
         rows = self.conn.execute(query + " ORDER BY agent", args).fetchall()
-        return [{"agent": r[0], "bundle_id": r[1], "name": r[2], "num_examples": r[3],
-                 "metrics": json.loads(r[4]), "status": r[5], "size": r[6]} for r in rows]
+        return [
+            {
+                "agent": r[0],
+                "bundle_id": r[1],
+                "name": r[2],
+                "num_examples": r[3],
+                "metrics": json.loads(r[4]),
+                "status": r[5],
+                "size": r[6],
+            }
+            for r in rows
+        ]
 
 
 __all__ = ["AgentRow", "CoordinatorState"]

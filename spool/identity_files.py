@@ -27,29 +27,36 @@ PUBLIC = "identity.pub.json"
 
 
 def public_to_json(public: PublicIdentity) -> dict[str, str]:
-    return {"suite": public.suite, "sign": public.signing_key.hex(),
-            "box": public.box_key.hex(), "key_id": public.key_id.hex(),
-            "fingerprint": public.fingerprint}
+    return {
+        "suite": public.suite,
+        "sign": public.signing_key.hex(),
+        "box": public.box_key.hex(),
+        "key_id": public.key_id.hex(),
+        "fingerprint": public.fingerprint,
+    }
 
 
 def public_from_json(data: dict[str, str], where: str = "") -> PublicIdentity:
     """Raises: KeystoreError if the file's key id does not match its keys."""
-    public = PublicIdentity(data["suite"], bytes.fromhex(data["sign"]),
-                            bytes.fromhex(data["box"]))
+    public = PublicIdentity(data["suite"], bytes.fromhex(data["sign"]), bytes.fromhex(data["box"]))
     if "key_id" in data and data["key_id"] != public.key_id.hex():
-        raise KeystoreError("public identity file's key id does not match its keys",
-                            expected=public.key_id.hex(), found=data["key_id"], where=where)
+        raise KeystoreError(
+            "public identity file's key id does not match its keys",
+            expected=public.key_id.hex(),
+            found=data["key_id"],
+            where=where,
+        )
     return public
 
 
 def create_identity(home: Path, passphrase: str, *, fast_kdf: bool = False) -> Identity:
     """Generate a new identity for ``home``; refuses to replace an existing one."""
     identity = Identity.generate()
-    ops, mem = (OPSLIMIT_FAST, MEMLIMIT_FAST) if fast_kdf else (OPSLIMIT_DEFAULT,
-                                                                 MEMLIMIT_DEFAULT)
+    ops, mem = (OPSLIMIT_FAST, MEMLIMIT_FAST) if fast_kdf else (OPSLIMIT_DEFAULT, MEMLIMIT_DEFAULT)
     save_keystore(home / KEYSTORE, identity, passphrase, opslimit=ops, memlimit=mem)
-    write_bytes_atomic(home / PUBLIC,
-                       (json.dumps(public_to_json(identity.public), indent=2) + "\n").encode())
+    write_bytes_atomic(
+        home / PUBLIC, (json.dumps(public_to_json(identity.public), indent=2) + "\n").encode()
+    )
     return identity
 
 
@@ -63,10 +70,10 @@ def load_public(home: Path) -> PublicIdentity:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise KeystoreError("home has no readable public identity; run `init` first",
-                            where=str(path)) from e
+        raise KeystoreError(
+            "home has no readable public identity; run `init` first", where=str(path)
+        ) from e
     return public_from_json(data, str(path))
 
 
-__all__ = ["create_identity", "load_identity", "load_public", "public_from_json",
-           "public_to_json"]
+__all__ = ["create_identity", "load_identity", "load_public", "public_from_json", "public_to_json"]

@@ -37,8 +37,9 @@ class ModelStore:
         path = self.path(digest)
         if not path.exists():
             buffer = io.BytesIO()
-            named = {f"a{i}": arr for i, (_, arr) in enumerate(arrays)}
-            np.savez(buffer, **named, **{_ORDER_KEY: np.array([n for n, _ in arrays])})
+            named: dict[str, Any] = {f"a{i}": arr for i, (_, arr) in enumerate(arrays)}
+            named[_ORDER_KEY] = np.array([n for n, _ in arrays])
+            np.savez(buffer, **named)
             write_bytes_atomic(path, buffer.getvalue())
         return digest
 
@@ -54,11 +55,16 @@ class ModelStore:
                 names = [str(n) for n in data[_ORDER_KEY]]
                 arrays = [(name, data[f"a{i}"]) for i, name in enumerate(names)]
         except FileNotFoundError as e:
-            raise IntegrityError("model is missing from the store", expected=digest.hex(),
-                                 where=str(path)) from e
+            raise IntegrityError(
+                "model is missing from the store", expected=digest.hex(), where=str(path)
+            ) from e
         if model_hash(arrays) != digest:
-            raise IntegrityError("stored model does not match its hash", expected=digest.hex(),
-                                 found=model_hash(arrays).hex(), where=str(path))
+            raise IntegrityError(
+                "stored model does not match its hash",
+                expected=digest.hex(),
+                found=model_hash(arrays).hex(),
+                where=str(path),
+            )
         return arrays
 
 
