@@ -903,14 +903,19 @@ class Agent:
             )
         held = int(get_meta(self.conn, "roster_version", "-1"))
         members = {(m.identity.key_id, m.name, m.status) for m in roster.members}
-        if roster.version == held and members == self._roster_set():
-            return Outcome("accepted", f"roster version {held} again (unchanged)")
-        if roster.version <= held:
+        if roster.version == held:
+            if members == self._roster_set():
+                return Outcome("accepted", f"roster version {held} again (unchanged)")
             raise SchemaError(
-                "roster version must increase",
-                expected=f"> {held}",
-                found=roster.version,
+                "the coordinator signed two different rosters with the same version",
+                expected=f"a version above {held}, or roster {held} as held",
+                found=f"another roster {roster.version}",
                 where="roster",
+            )
+        if roster.version < held:
+            # Sticks deliver out of order: an older roster is stale, never applied.
+            return Outcome(
+                "accepted", f"stale roster version {roster.version} (holding {held}): not applied"
             )
         self.conn.execute("DELETE FROM agent_roster")
         self.conn.executemany(

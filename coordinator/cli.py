@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ enforce_offline()  # before anything below can import flwr
 
 import click  # noqa: E402
 
+from bundle.errors import LLTokenError  # noqa: E402
 from bundle.keys import read_passphrase  # noqa: E402
 from spool.commands import check_command  # noqa: E402
 from spool.console import echo_json, run  # noqa: E402
@@ -590,6 +591,100 @@ def ledger_proof(home: Path, index: int, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--agents", "num_agents", default=6, show_default=True)
+@click.option("--rounds", default=5, show_default=True)
+@click.option(
+    "--base-path",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("ll_token_system"),
+    show_default=True,
+    help="Where the homes, the stick and the outputs go (replaced if present).",
+)
+@click.option("--strategy", default="FedAvg", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--dropout", default=0.0, show_default=True, help="Chance an agent skips a round.")
+@click.option(
+    "--late",
+    default=0.0,
+    show_default=True,
+    help="Chance an update arrives after its round closed.",
+)
+@click.option(
+    "--duplicate",
+    default=0.0,
+    show_default=True,
+    help="Chance the courier delivers an update twice.",
+)
+@click.option(
+    "--malicious",
+    default=0,
+    show_default=True,
+    help="Agents that poison updates and inflate their self-reports.",
+)
+@click.option("--local-epochs", default=5, show_default=True)
+def simulate(
+    num_agents: int,
+    rounds: int,
+    base_path: Path,
+    strategy: str,
+    seed: int,
+    dropout: float,
+    late: float,
+    duplicate: float,
+    malicious: int,
+    local_epochs: int,
+) -> None:
+    """Run a whole federation on this machine: real training, real bundles, a stick folder.
+
+    Writes tokenization_proof.json, system_metrics.json and report.html under BASE_PATH.
+    """
+    from coordinator.simulate import Simulation
+
+    Simulation(
+        base_path,
+        num_agents,
+        strategy=strategy,
+        seed=seed,
+        dropout=dropout,
+        malicious=malicious,
+        late=late,
+        duplicate=duplicate,
+        local_epochs=local_epochs,
+        echo=click.echo,
+    ).run(rounds)
+    click.echo(
+        f"verify: lltoken-coordinator ledger verify --home {base_path}/coordinator "
+        f"--proof {base_path}/tokenization_proof.json"
+    )
+
+
+@cli.command()
+@home_option
+@passphrase_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+)
+def report(home: Path, passphrase_file: Path | None, out: Path) -> None:
+    """Write a self-contained HTML report: accuracy, tokens, quality, reputation, ledger."""
+    from coordinator.audit import verify_home
+    from coordinator.report import render
+
+    with opened(home, passphrase_file) as coord:
+        summaries = coord.state.summaries()
+        status_info = coord.status()
+    try:
+        audit = verify_home(home)
+        verification: dict[str, Any] = {"ok": True, "size": audit.size}
+    except LLTokenError as e:
+        verification = {"ok": False, "error": str(e)}
+    out.write_text(render(summaries, status_info, verification))
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
 @home_option
 @json_option
 def doctor(home: Path, as_json: bool) -> None:
@@ -608,6 +703,3 @@ def doctor(home: Path, as_json: bool) -> None:
 
 def main() -> None:
     run(cli, "lltoken-coordinator")
-
-
-Command = Callable[..., None]

@@ -316,9 +316,7 @@ class Coordinator:
             node_id = int(self.state.get("next_node_id", 2))
             self.state.set("next_node_id", node_id + 1)
             self.state.update_agent(row.key_id, status="active", node_id=node_id)
-            entries: list[bytes] = [
-                Enroll(row.key_id, row.name, self.public_of(row)).encode()
-            ]
+            entries: list[bytes] = [Enroll(row.key_id, row.name, self.public_of(row)).encode()]
             grant = self.config.initial_allocation.get(row.name, 0)
             if grant > 0:
                 entries.append(Allocation(row.key_id, grant).encode())

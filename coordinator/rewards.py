@@ -2,12 +2,17 @@
 
 Quality is measured by the coordinator, never taken from the agent's own report:
 
-* **held-out validation** (when ``[validation] path`` is set): the update's relative loss
-  reduction on the coordinator's own data, ``gain = (L_prev - L_update) / L_prev``, mapped
-  to ``q = 1 + 4 * gain`` (no change: 1.0; a 25% loss cut: 2.0; making it worse: < 1);
+* **held-out validation, leave-one-out** (when ``[validation] path`` is set): how much
+  the update improves the (unweighted) mean of the round's updates on the coordinator's own
+  data, ``gain = (L_without - L_with) / L_without``, mapped to ``q = 1 + 4 * gain``
+  (no effect: 1.0; removing it would cost 25% more loss: about 2.0; it hurts: < 1).
+  Judging each update alone against the previous model would punish honest agents with
+  skewed (non-IID) data, whose local models are worse than the aggregate on their own;
 * **agreement with the aggregate** (otherwise): the cosine between the update's step and
-  the aggregate's step, times a norm penalty ``min(1, median_norm / norm)`` so a scaled-up
-  update cannot buy quality, mapped to ``q = 2 * max(0, cos) * penalty``.
+  the aggregate's step, mapped to ``q = 2 * max(0, cos)``.
+
+Both are multiplied by a norm penalty, ``min(1, 2 * median_norm / norm)`` over the
+round's steps, so a scaled-up update cannot buy quality by its size.
 
 Tokens follow the seed's formula, with its flaws fixed::
 
@@ -32,6 +37,7 @@ import numpy as np
 from coordinator.config import RewardConfig
 
 REPUTATION_STEP = 0.1
+NORM_TOLERANCE = 2.0
 REJECT_PENALTY = 0.2
 ABSENT_PENALTY = 0.05
 
@@ -40,20 +46,30 @@ def clamp(value: float, low: float, high: float) -> float:
     return max(low, min(high, value))
 
 
-def quality_from_gain(loss_before: float, loss_after: float) -> float:
-    """Quality from held-out loss before and after applying the update."""
-    if not math.isfinite(loss_after):
+def quality_from_gain(loss_without: float, loss_with: float) -> float:
+    """Quality from held-out loss without and with the update."""
+    if not math.isfinite(loss_with):
         return 0.0
-    gain = (loss_before - loss_after) / max(loss_before, 1e-12)
+    if not math.isfinite(loss_without):
+        return 2.0  # everything else diverged; this update is what saves the mean
+    gain = (loss_without - loss_with) / max(loss_without, 1e-12)
     return 1.0 + 4.0 * gain
+
+
+def norm_penalty(norm: float, median_norm: float) -> float:
+    """1 for steps up to twice the round's median size, shrinking beyond: a scaled-up
+    (boosted) update cannot buy quality by size."""
+    if not math.isfinite(norm):
+        return 0.0
+    limit = NORM_TOLERANCE * median_norm
+    return 1.0 if norm <= limit or norm == 0 else limit / norm
 
 
 def quality_from_agreement(cosine: float, norm: float, median_norm: float) -> float:
     """Quality from the update's agreement with the aggregate step."""
     if not (math.isfinite(cosine) and math.isfinite(norm)):
         return 0.0
-    penalty = 1.0 if norm <= median_norm or norm == 0 else median_norm / norm
-    return 2.0 * max(0.0, cosine) * penalty
+    return 2.0 * max(0.0, cosine) * norm_penalty(norm, median_norm)
 
 
 def flat_step(
@@ -122,6 +138,7 @@ __all__ = [
     "REJECT_PENALTY",
     "Reward",
     "clamp",
+    "norm_penalty",
     "cosine",
     "flat_step",
     "penalised",

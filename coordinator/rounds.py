@@ -333,8 +333,12 @@ def _load_updates(
         ).fetchone()[0]
         # The sender may have been revoked since: the update was verified when it came in
         # and sits in our own archive, so any identity we ever enrolled opens it.
-        opened = open_bundle(coord.spool.dirs.archive / name, coord.any_identity,
-                             identity=coord.identity, parents=parents)
+        opened = open_bundle(
+            coord.spool.dirs.archive / name,
+            coord.any_identity,
+            identity=coord.identity,
+            parents=parents,
+        )
         payload = opened.payload
         if not isinstance(payload, ModelUpdate):
             raise SchemaError("archived update is not a model update", where=name)
@@ -387,30 +391,17 @@ def close_round(coord: Coordinator, *, force: bool = False) -> dict[str, Any]:
     agg_metrics: dict[str, Any] = {}
     needs = strategy_needs(strategy)
     aggregated = len(contributions) >= max(needs.min_replies, 1)
-    loss_prev = evaluate(previous, *validation)[0] if evaluate and validation else None
-
     if aggregated:
         if needs.streaming:
             mean = StreamingWeightedMean()
             for c, arrays in _load_updates(coord, contributions):
                 mean.add(arrays, {**c.metrics, "num-examples": c.num_examples})
-                if evaluate and validation and loss_prev is not None:
-                    scores[c.agent] = (
-                        rewards.quality_from_gain(loss_prev, evaluate(arrays, *validation)[0]),
-                        "validation-gain",
-                    )
             new_arrays, agg_metrics = aggregate_streamed(strategy, number, mean)
         else:
-            replies = []
-            for c, arrays in _load_updates(coord, contributions):
-                replies.append(
-                    Reply(c.node_id, arrays, {**c.metrics, "num-examples": c.num_examples})
-                )
-                if evaluate and validation and loss_prev is not None:
-                    scores[c.agent] = (
-                        rewards.quality_from_gain(loss_prev, evaluate(arrays, *validation)[0]),
-                        "validation-gain",
-                    )
+            replies = [
+                Reply(c.node_id, arrays, {**c.metrics, "num-examples": c.num_examples})
+                for c, arrays in _load_updates(coord, contributions)
+            ]
             new_arrays, agg_metrics = aggregate_train(strategy, number, replies)
         # Keep the global model's dtypes (FedAdam's float64 step would otherwise turn a
         # float32 model into float64, and agents' float32 replies would no longer match).
@@ -419,8 +410,11 @@ def close_round(coord: Coordinator, *, force: bool = False) -> dict[str, Any]:
             (n, np.asarray(a).astype(dtypes.get(n, np.asarray(a).dtype), copy=False))
             for n, a in new_arrays
         ]
-        if not scores:
-            scores = _agreement_scores(coord, contributions, previous, new_arrays)
+    # Contributions are scored whether or not the strategy could aggregate them.
+    if contributions and evaluate is not None and validation is not None:
+        scores = _leave_one_out_scores(coord, contributions, previous, evaluate, validation)
+    elif contributions and aggregated:
+        scores = _agreement_scores(coord, contributions, previous, new_arrays)
     _crash_point("aggregated")
 
     loss = accuracy = None
@@ -538,6 +532,53 @@ def _ledger_breakdown(breakdown: dict[str, Any]) -> dict[str, Any]:
 
 def _evaluator(coord: Coordinator) -> Any:
     return load_callable(coord.config.evaluator)
+
+
+def _leave_one_out_scores(
+    coord: Coordinator,
+    contributions: list[_Contribution],
+    previous: Arrays,
+    evaluate: Any,
+    validation: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+) -> dict[bytes, tuple[float, str]]:
+    """Each update's validation gain: the held-out loss of the mean of the round's updates
+    without it, minus the loss with it (relative).  Two streaming passes; memory: two
+    models.
+
+    The mean is unweighted: ``num-examples`` is self-reported, and an agent must not buy
+    quality by claiming more data.  It is the contributions' own mean whatever the
+    strategy, so this measures what an update adds, not how a robust aggregator happened
+    to treat it.  Without any other update, "without it" is the previous global model.
+    """
+    sums: dict[str, np.ndarray[Any, Any]] = {}
+    count = 0
+    for _, arrays in _load_updates(coord, contributions):
+        for name, value in arrays:
+            term = np.asarray(value, dtype=np.float64)
+            sums[name] = sums[name] + term if name in sums else term
+        count += 1
+    names = [n for n, _ in previous]
+    loss_with = evaluate([(n, sums[n] / count) for n in names], *validation)[0]
+    measured = []
+    for c, arrays in _load_updates(coord, contributions):
+        if count > 1:
+            mine = dict(arrays)
+            without = [
+                (n, (sums[n] - np.asarray(mine[n], dtype=np.float64)) / (count - 1)) for n in names
+            ]
+        else:
+            without = previous
+        loss_without = evaluate(without, *validation)[0]
+        norm = float(np.linalg.norm(rewards.flat_step(arrays, previous)))
+        measured.append((c.agent, rewards.quality_from_gain(loss_without, loss_with), norm))
+    median = float(np.median([m[2] for m in measured]))
+    return {
+        agent: (
+            quality * rewards.norm_penalty(norm, median) if quality > 0 else quality,
+            "leave-one-out-validation",
+        )
+        for agent, quality, norm in measured
+    }
 
 
 def _agreement_scores(

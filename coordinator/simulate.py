@@ -34,8 +34,8 @@ import numpy as np
 from agent.example_model import load_test
 from agent.home import Agent
 from bundle.errors import LLTokenError
-from coordinator.home import Coordinator
 from coordinator.audit import export_home, verify_home
+from coordinator.home import Coordinator
 from coordinator.report import render
 from coordinator.rounds import close_round, open_round
 from spool.identity_files import public_to_json
@@ -150,7 +150,10 @@ class Simulation:
         np.savez(home / "validation.npz", X=x_test, y=y_test)
         params = dict(self.strategy_params)
         if self.strategy in ROBUST_WITH_F and self.malicious:
-            params.setdefault("num_malicious_nodes", self.malicious)
+            # Krum needs n >= 2f + 3 replies (Bulyan 4f + 3): tolerate as many as fit.
+            per_f = 4 if self.strategy == "Bulyan" else 2
+            tolerated = max(0, min(self.malicious, (self.num_agents - 3) // per_f))
+            params.setdefault("num_malicious_nodes", tolerated)
         return Coordinator.init(
             home,
             "simulation",

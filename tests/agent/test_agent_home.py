@@ -290,18 +290,24 @@ def test_roster_naming_another_coordinator_is_refused(agent: Agent, side: Coordi
     assert "another coordinator" in report.rejected[0]["reason"]
 
 
-def test_roster_version_must_increase(agent: Agent, side: CoordinatorSide) -> None:
+def test_roster_versions_only_move_forward(agent: Agent, side: CoordinatorSide) -> None:
+    bob = Identity.generate()
     members = [("alice", agent.public, "active")]
     assert not deliver(agent, side.roster(members, [agent.public], version=2)).rejected
     # The same version again, unchanged (re-sent): harmless.
     assert not deliver(agent, side.roster(members, [agent.public], version=2)).rejected
-    older = deliver(agent, side.roster(members, [agent.public], version=1))
-    assert "must increase" in older.rejected[0]["reason"]
-    changed = deliver(
-        agent, side.roster([("alice", agent.public, "revoked")], [agent.public], version=2)
-    )
-    assert "must increase" in changed.rejected[0]["reason"]
+    # An older one (sticks deliver out of order) is stale: accepted, never applied.
+    older = side.roster([*members, ("bob", bob.public, "active")], [agent.public], version=1)
+    assert not deliver(agent, older).rejected
+    assert [m.name for m in agent.roster()] == ["alice"]
+    # Another roster under a version already held: the coordinator signed two.
+    changed = side.roster([("alice", agent.public, "revoked")], [agent.public], version=2)
+    report = deliver(agent, changed)
+    assert "two different rosters" in report.rejected[0]["reason"]
     assert agent.enrollment() == "active"
+    newer = side.roster([("alice", agent.public, "revoked")], [agent.public], version=3)
+    assert not deliver(agent, newer).rejected
+    assert agent.enrollment() == "revoked"
 
 
 def test_bundles_from_unknown_signers_are_quarantined(agent: Agent, side: CoordinatorSide) -> None:

@@ -71,6 +71,7 @@ FEDERATION = b"lltoken-golden-1"  # 16 bytes
 CREATED = 1_700_000_000
 LEVEL = 3
 SMALL_PAYLOAD_HEX = 4096  # payloads up to this many bytes are in the manifest in hex
+SMALL_ARRAY_VALUES = 16  # arrays up to this many elements are listed value by value
 
 SEEDS: dict[str, tuple[bytes, bytes]] = {
     "coordinator": (bytes([0x01]) * 32, bytes([0x02]) * 32),
@@ -348,12 +349,14 @@ def summarize(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: summarize(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, np.ndarray):
-        return {
+        summary = {
             "dtype": value.dtype.name,
             "shape": list(value.shape),
-            "values": value.tolist(),
             "array_hash": array_hash(value).hex(),
         }
+        if value.size <= SMALL_ARRAY_VALUES:
+            summary["values"] = value.tolist()
+        return summary
     if isinstance(value, bytes):
         return {"hex": value.hex()}
     if isinstance(value, dict):
@@ -456,7 +459,7 @@ def _kept_encrypted(vector: Vector, old: dict[str, Any] | None) -> tuple[str, by
         )
         header = read_prefix(io.BytesIO(data), len(data)).header
         fresh_header = read_prefix(io.BytesIO(fresh), len(fresh)).header
-    except Exception:  # noqa: BLE001 - any failure means: write a new one
+    except Exception:  # any failure means: write a new one
         return None
     context = ("kind", "federation", "sender", "recipients", "round", "seq", "created", "expires")
     if not same or any(getattr(header, f) != getattr(fresh_header, f) for f in context):
