@@ -36,12 +36,15 @@ from agent.home import (
     parse_value,
     update_node_config,
 )
+from agent.ledger_replica import LedgerReplica
 from bundle.checkpoint import checkpoint_to_json
+from bundle.envelope import open_bundle_bytes
 from bundle.errors import EquivocationError, FormatError, LLTokenError
-from bundle.keys import read_passphrase
-from bundle.ledger import decode_entry
+from bundle.keys import PublicIdentity, read_passphrase
+from bundle.ledger import Transfer, decode_entry
+from bundle.payloads import Transaction
 from spool.commands import check_command
-from spool.console import echo_json, run
+from spool.console import echo_json, home_path, run
 from spool.doctor import run_checks
 from spool.home import IngestReport
 from spool.media import MediaWatcher
@@ -61,6 +64,7 @@ def home_option(f: F) -> F:
         envvar=HOME_ENV,
         default=DEFAULT_HOME,
         show_default=True,
+        callback=home_path,
         help=f"Agent home folder (default ${HOME_ENV}, else ./{DEFAULT_HOME}).",
     )(f)
 
@@ -512,16 +516,14 @@ def wallet_history(home: Path, as_json: bool) -> None:
         click.echo("(no history yet)")
     for line in lines:
         index = "-" if line.index is None else str(line.index)
-        other = ""
+        parts = [f"{index:>6}", f"{line.kind:<11}", f"{line.amount:>+8}", f"{line.status:<9}"]
+        if line.round is not None:
+            parts.append(f"round {line.round}")
         if line.counterparty is not None:
             other = names.get(line.counterparty, line.counterparty.hex()[:16])
-            other = ("to " if line.amount < 0 else "from ") + other
-        rnd = "" if line.round is None else f"round {line.round}"
-        extra = " ".join(x for x in (line.memo, line.reason) if x)
-        click.echo(
-            f"{index:>6}  {line.kind:<11} {line.amount:>+8}  {line.status:<9} {rnd} {other} "
-            f"{extra}".rstrip()
-        )
+            parts.append(("to " if line.amount < 0 else "from ") + other)
+        parts += [x for x in (line.memo, line.reason) if x]
+        click.echo("  ".join(parts))
 
 
 @wallet.command("send")
@@ -596,6 +598,8 @@ def ledger_show(home: Path, limit: int, as_json: bool) -> None:
         for offset, data in enumerate(replica.entries(start)):
             entry = decode_entry(data, f"ledger entry {start + offset}")
             fields = {k: v for k, v in entry.fields().items() if k not in ("bundle", "identity")}
+            if isinstance(entry, Transfer):
+                fields.update(_transfer_fields(replica, entry))
             entries.append({"index": start + offset, "kind": entry.KIND, **fields})
         total = replica.total_supply
     doc = {
@@ -627,6 +631,19 @@ def ledger_show(home: Path, limit: int, as_json: bool) -> None:
             if not isinstance(v, dict | list)
         )
         click.echo(f"{e['index']:>6}  {e['kind']:<11} {shown}")
+
+
+def _transfer_fields(replica: LedgerReplica, entry: Transfer) -> dict[str, Any]:
+    """Sender, recipient and amount of a transfer entry the replica already verified."""
+
+    def keyring(key_id: bytes) -> PublicIdentity | None:
+        account = replica.account(key_id)
+        return None if account is None else account.identity
+
+    tx = open_bundle_bytes(entry.bundle, keyring, where="transfer entry").payload
+    if not isinstance(tx, Transaction):
+        return {}
+    return {"sender": tx.sender, "recipient": tx.recipient, "amount": tx.amount, "memo": tx.memo}
 
 
 # ---------------------------------------------------------------------------- status, doctor

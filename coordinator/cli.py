@@ -23,7 +23,7 @@ import click  # noqa: E402
 from bundle.errors import LLTokenError  # noqa: E402
 from bundle.keys import read_passphrase  # noqa: E402
 from spool.commands import check_command  # noqa: E402
-from spool.console import echo_json, run  # noqa: E402
+from spool.console import echo_json, home_path, run  # noqa: E402
 
 DEFAULT_HOME = "coordinator"
 
@@ -37,6 +37,7 @@ home_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     default=_home_default,
     show_default="$LLTOKEN_HOME or ./coordinator",
+    callback=home_path,
     help="The coordinator home directory.",
 )
 passphrase_option = click.option(

@@ -52,6 +52,7 @@ from spool.models import ModelStore, load_npz_model
 from spool.state import connect
 
 CONFIG = "config.toml"
+PARENT_ROUNDS = 3  # global models kept decodable for late updates
 
 
 class NotFoundError(LLTokenError):
@@ -222,7 +223,15 @@ class Coordinator:
         return PublicIdentity(row.suite, row.sign_key, row.box_key)
 
     def parents(self) -> Mapping[bytes, np.ndarray[Any, Any]]:
-        return {array_hash(a): a for _, a in self.global_arrays()}
+        """Arrays of the current and recent global models: updates are XOR-deltas against
+        the model of their own round, and a late one still has to decode to be told it
+        is late."""
+        hashes = {self.model_hash}
+        for (digest,) in self.conn.execute(
+            "SELECT model_hash FROM rounds ORDER BY round DESC LIMIT ?", (PARENT_ROUNDS,)
+        ):
+            hashes.add(bytes(digest))
+        return {array_hash(a): a for digest in hashes for _, a in self.models.get(digest)}
 
     def handle(self, bundle: OpenedBundle) -> Outcome:
         payload = bundle.payload

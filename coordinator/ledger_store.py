@@ -34,7 +34,7 @@ import os
 import sqlite3
 import struct
 import time as _time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1416,12 +1416,6 @@ def read_log(path: Path) -> tuple[PublicIdentity, bytes, LogReader]:
     """
     meta = _Meta.load(path)
     return meta.coordinator, meta.federation, LogReader(path / LOG_DIR)
-
-
-def iter_entries(reader: LogReader) -> Iterable[bytes]:
-    for batch in reader:
-        for entry in batch.entries:
-            yield entry.data
 
 
 __all__ = [

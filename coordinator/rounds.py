@@ -488,7 +488,6 @@ def close_round(coord: Coordinator, *, force: bool = False) -> dict[str, Any]:
         "aggregate_metrics": {k: v for k, v in agg_metrics.items() if isinstance(v, int | float)},
         "rewards": results,
         "close_seconds": round(time.monotonic() - started, 3),
-        "late": [u["agent"].hex() for u in coord.state.updates(number, "late")],
     }
     next_round = None
     with coord.spool.transaction():

@@ -316,7 +316,7 @@ class Simulation:
         export_home(coord.root, proof_path, store=coord.ledger)
         try:
             report = verify_home(coord.root, proof_path, store=coord.ledger)
-            verification = {"ok": True, "size": report.size}
+            verification: dict[str, Any] = {"ok": True, "size": report.size}
         except LLTokenError as e:
             verification = {"ok": False, "error": str(e)}
         metrics = {

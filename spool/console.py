@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -31,6 +32,17 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(_plain(value), indent=2, sort_keys=True))
 
 
+def home_path(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """``--home`` callback: refuse a folder of Python source.  Run from a checkout, the
+    default ``./agent`` or ``./coordinator`` would otherwise be the package itself."""
+    if (value / "__init__.py").exists() or (value / "setup.cfg").exists():
+        raise click.BadParameter(
+            f"{value} holds Python source, not a home; pass --home with a folder of its own "
+            "(or set $LLTOKEN_HOME)"
+        )
+    return value
+
+
 def run(group: click.Group, prog_name: str) -> None:
     """Run a click group; our errors become ``error: ...`` and their exit code."""
     try:
@@ -48,4 +60,4 @@ def run(group: click.Group, prog_name: str) -> None:
         sys.exit(e.exit_code)
 
 
-__all__ = ["echo_json", "run"]
+__all__ = ["echo_json", "home_path", "run"]

@@ -98,6 +98,9 @@ class IngestReport:
         self.duplicates += other.duplicates
 
 
+RECEIPT_TTL_ROUNDS = 10
+
+
 def _crash_point(step: str) -> None:
     """No-op in production; tests replace it in a child process to kill -9 at ``step``."""
 
@@ -290,6 +293,8 @@ class SpoolHome:
                     ),
                     to=[opened.sender],
                     round=current,
+                    # Kept for re-sending until then; receipts are never receipted.
+                    expires=current + RECEIPT_TTL_ROUNDS,
                 )
             _crash_point("receipted")
         _crash_point("committed")

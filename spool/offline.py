@@ -72,7 +72,7 @@ def enforce_offline() -> None:
 
 
 def offline_enforced() -> bool:
-    return socket.socket.connect is _connect  # type: ignore[comparison-overlap]
+    return socket.socket.connect is _connect
 
 
 __all__ = ["FLOWER_SWITCHES", "OfflineError", "enforce_offline", "offline_enforced"]

@@ -22,8 +22,8 @@ from agent.home import (
     RosterOffer,
     parse_invite,
 )
-from bundle.arrays import model_hash
-from bundle.envelope import open_bundle
+from bundle.arrays import array_hash, model_hash
+from bundle.envelope import open_bundle, pack_bundle
 from bundle.errors import (
     DecryptionError,
     FormatError,
@@ -38,6 +38,7 @@ from bundle.keys import Identity
 from bundle.payloads import (
     EnrollRequest,
     EvalResult,
+    GlobalModel,
     LedgerDelta,
     ModelUpdate,
     Receipt,
@@ -684,3 +685,52 @@ def test_state_survives_reopening(agent: Agent, side: CoordinatorSide, tmp_path:
     with Agent.open(tmp_path / "alice", PASSPHRASE) as again:
         assert [t.status for t in again.tasks()] == ["pending"]
         assert again.train(style_app).round == 1
+
+
+# --- durability and delta-encoded models ---------------------------------------------------
+
+
+def test_a_failed_write_during_train_leaves_nothing_behind(
+    agent: Agent, side: CoordinatorSide, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _with_task(agent, side)
+    before = outbox(agent)
+
+    def no_rename(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bundle.durable.os.replace", no_rename)
+    with pytest.raises(OSError, match="No space left"):
+        agent.train(style_app)
+    monkeypatch.undo()
+    assert outbox(agent) == before
+    assert [t.status for t in agent.tasks()] == ["pending"]
+    assert agent.sent("model-update") == []
+    agent.close()
+    with Agent.open(tmp_path / "alice", PASSPHRASE) as again:  # recovery finds it clean
+        assert again.train(style_app).round == 1
+
+
+def test_a_global_model_delta_encoded_against_the_previous_one_is_read(
+    agent: Agent, side: CoordinatorSide
+) -> None:
+    rng = np.random.default_rng(3)
+    first = [("w", rng.normal(0, 0.1, (128, 64)).astype(np.float32))]
+    second = [("w", (first[0][1] + 1e-4).astype(np.float32))]
+    deliver(agent, side.global_model(first, [agent.public], round=1))
+    side.seq += 1
+    packed = pack_bundle(
+        side.out,
+        GlobalModel(2, model_hash(second), second),
+        side.identity,
+        federation=FEDERATION,
+        round=2,
+        seq=side.seq,
+        recipients=[agent.public],
+        parents={"w": (array_hash(first[0][1]), first[0][1])},
+    )
+    assert packed.path is not None
+    with pytest.raises(IntegrityError):  # it really is a delta: unreadable without its parent
+        open_bundle(packed.path, {side.public.key_id: side.public}.get)
+    assert not deliver(agent, packed.path).rejected
+    assert agent.models.path(model_hash(second)).exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,3 +206,18 @@ def test_a_transfer_past_its_expiry_round_is_released(alice: Agent, side: Coordi
     assert outbox(alice, "transaction") == []  # its outbox copy expired with it
     # The coordinator's rules agree: it can no longer be applied.
     assert not transfer_decision(side.state, _bundle(alice, record.bundle_id)).accepted
+
+
+def test_a_failed_write_during_send_leaves_nothing_behind(
+    alice: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_rename(src: Any, dst: Any) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("bundle.durable.os.replace", no_rename)
+    with pytest.raises(OSError, match="Input/output"):
+        alice.send("bob", 10)
+    monkeypatch.undo()
+    assert alice.transfers() == []
+    assert outbox(alice, "transaction") == []
+    assert alice.balance().spendable == 100
