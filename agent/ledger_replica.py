@@ -10,10 +10,11 @@ order:
    held entries of that size (else: equivocation);
 4. its consistency proof from its start verifies against the held root at that size
    (else: equivocation: the new checkpoint does not extend the one held);
-5. the held entries before its start plus its entries hash to the signed root (else the
-   delta is damaged: refused, nothing changes);
-6. its entries that overlap the held ones are the same bytes (else: equivocation: the
-   coordinator signed another history for entries already held);
+5. its entries that overlap the held ones are the same bytes (else, if they hash to the
+   signed root: equivocation, the coordinator signed another history for entries already
+   held; if they do not: the delta is damaged);
+6. the root recomputed over every held entry plus its new ones equals the signed root
+   (else the delta is damaged: refused, nothing changes);
 7. its new entries follow the ledger rules (:class:`bundle.ledger.LedgerState`).
 
 Equivocation raises :class:`~bundle.errors.EquivocationError` after saving both
@@ -199,24 +200,26 @@ class LedgerReplica:
                     delta,
                     f"the new checkpoint does not extend the held one ({e.reason})",
                 )
-        candidate = MerkleTree(self._tree.leaves()[: 32 * delta.start])
-        candidate.extend(leaf_hash(e) for e in delta.entries)
-        if candidate.root() != new.root:
-            raise IntegrityError(
-                "delta entries do not hash to their signed root: the delta was damaged",
-                expected=new.root.hex(),
-                found=candidate.root().hex(),
-                where=where,
-            )
         overlap = delta.entries[: m - delta.start]
+        fresh = delta.entries[m - delta.start :]
         if held is not None and tuple(self._entries[delta.start : m]) != overlap:
+            # Entries already held come back different: damage, or another history.
+            candidate = MerkleTree(self._tree.leaves()[: 32 * delta.start])
+            candidate.extend(leaf_hash(e) for e in delta.entries)
+            self._check_root(candidate, new, where)
             self._equivocation(
                 held, new, delta, "the coordinator signed other entries for entries already held"
             )
-        fresh = delta.entries[m - delta.start :]
-        scratch = self._state.fork()
-        applied = [scratch.apply(data, m + i) for i, data in enumerate(fresh)]
-        self._write(fresh, new)
+        # Recompute the root over every entry held plus the new ones.
+        self._tree.extend(leaf_hash(e) for e in fresh)
+        try:
+            self._check_root(self._tree, new, where)
+            scratch = self._state.fork()
+            applied = [scratch.apply(data, m + i) for i, data in enumerate(fresh)]
+            self._write(fresh, new)
+        except BaseException:
+            self._tree.truncate(m)
+            raise
         self._state.absorb(scratch)
         self._keep(fresh, applied)
         self._checkpoint = new
@@ -335,10 +338,19 @@ class LedgerReplica:
             f.write((json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
         self._file_end += len(data)
 
+    @staticmethod
+    def _check_root(tree: MerkleTree, checkpoint: Checkpoint, where: str) -> None:
+        if tree.root() != checkpoint.root:
+            raise IntegrityError(
+                "delta entries do not hash to their signed root: the delta was damaged",
+                expected=checkpoint.root.hex(),
+                found=tree.root().hex(),
+                where=where,
+            )
+
     def _keep(self, fresh: tuple[bytes, ...], applied: list[Applied]) -> None:
         self._entries.extend(fresh)
         for result in applied:
-            self._tree.append(result.leaf_hash)
             for movement in result.movements:
                 self._history.setdefault(movement.agent, []).append(movement)
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-WIDTH, HEIGHT, PAD = 560, 240, 44
+WIDTH, HEIGHT, PAD = 560, 240, 58
 PALETTE = (
     "#1f77b4",
     "#d62728",
