@@ -328,12 +328,17 @@ def load_keystore(path: Path, passphrase: str) -> Identity:
         raise
     except (ValueError, KeyError, TypeError, OverflowError) as e:
         raise KeystoreTamperedError(f"keystore structure is broken ({e})", where=str(path)) from e
+    # Bounded by what we would ever write (SENSITIVE is the strongest preset), not by
+    # libsodium's maximums: an edited file must not make us hash for hours or take TBs.
     if not (
-        nacl.pwhash.argon2id.OPSLIMIT_MIN <= ops <= nacl.pwhash.argon2id.OPSLIMIT_MAX
-        and nacl.pwhash.argon2id.MEMLIMIT_MIN <= mem <= nacl.pwhash.argon2id.MEMLIMIT_MAX
+        nacl.pwhash.argon2id.OPSLIMIT_MIN <= ops <= nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE
+        and nacl.pwhash.argon2id.MEMLIMIT_MIN <= mem <= nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE
     ):
         raise KeystoreTamperedError(
-            "Argon2id costs out of range", found=(ops, mem), where=str(path)
+            "Argon2id costs out of range",
+            expected="at most the SENSITIVE preset",
+            found=(ops, mem),
+            where=str(path),
         )
     key = _derive(passphrase.encode(), salt, ops, mem)
     try:

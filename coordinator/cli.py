@@ -419,10 +419,12 @@ def ingest(
     """Ingest bundle files (copied into the inbox first), or everything in the inbox."""
     import shutil
 
+    from bundle.durable import atomic_write
+
     with opened(home, passphrase_file) as coord:
         for path in paths:
-            shutil.copy(path, coord.spool.dirs.staging / path.name)
-            os.replace(coord.spool.dirs.staging / path.name, coord.spool.dirs.inbox / path.name)
+            with atomic_write(coord.spool.dirs.inbox / path.name) as out, open(path, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
         report = coord.spool.ingest(coord)
     _print_ingest(report, as_json)
 
