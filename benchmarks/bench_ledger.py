@@ -10,6 +10,8 @@ What it does, on a fresh ledger in a temporary directory (or ``--dir``):
   five-number quality breakdown and its own update-bundle id.  Rewards are assembled
   from pre-encoded pieces (deterministic CBOR is a concatenation of key/value encodings
   in a fixed order); a sample is checked byte for byte against ``Reward(...).encode()``;
+* replays the first 200,000 of them through ``LedgerState.apply`` alone (parse + rules,
+  no I/O), to show how much of an append is the rules;
 * appends them in batches of ``--batch`` with ``LedgerStore.append``: every entry is
   parsed and checked against the ledger rules, each batch is written with one fsync of
   the log plus SQLite's own commit of the index (WAL, synchronous=FULL), and a new
@@ -40,17 +42,18 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bundle import cbor
 from bundle.keys import Identity
-from bundle.ledger import Enroll, Reward, RoundClose
+from bundle.ledger import Enroll, LedgerState, Reward, RoundClose
 from bundle.merkle import verify_consistency, verify_inclusion
 from coordinator.ledger_proof import verify_ledger
 from coordinator.ledger_store import LedgerStore
 
-QUALITY_KEYS = ("q", "base", "bonus", "reputation", "gain")
+RULES_SAMPLE = 200_000
 
 
 def _quality(rng: random.Random) -> dict[str, int | float]:
@@ -135,6 +138,24 @@ def generate(total: int, n_agents: int, seed: int = 7) -> tuple[list[Identity], 
     return identities, entries[:total]
 
 
+def _count_fsyncs() -> Callable[[], int]:
+    """Count os.fsync calls from here on (the log's; SQLite syncs its WAL in C)."""
+    real = os.fsync
+    calls = [0]
+
+    def counting(fd: int) -> None:
+        calls[0] += 1
+        real(fd)
+
+    os.fsync = counting
+
+    def stop() -> int:
+        os.fsync = real
+        return calls[0]
+
+    return stop
+
+
 def _median_us(samples: list[float]) -> float:
     return statistics.median(samples) * 1e6
 
@@ -159,13 +180,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["generate_s"] = time.perf_counter() - t0
         results["log_bytes_entries"] = sum(map(len, entries))
 
+        sample = entries[: min(len(entries), RULES_SAMPLE)]
+        state = LedgerState(federation)
+        t0 = time.perf_counter()
+        for data in sample:
+            state.apply(data)
+        results["rules_rate"] = len(sample) / (time.perf_counter() - t0)
+        results["rules_sample"] = len(sample)
+        del state
+
         store = LedgerStore(path, federation, coordinator)
+        fsyncs = _count_fsyncs()
         t0 = time.perf_counter()
         batches = 0
         for start in range(0, len(entries), args.batch):
             store.append(entries[start : start + args.batch])
             batches += 1
         append_s = time.perf_counter() - t0
+        results["log_fsyncs_per_batch"] = fsyncs() / batches
         results["append_s"] = append_s
         results["append_rate"] = len(entries) / append_s
         results["batches"] = batches
@@ -246,8 +278,16 @@ def table(r: dict[str, Any]) -> str:
         ("entries / batch size / agents", f"{r['entries']:,} / {r['batch']:,} / {r['agents']:,}"),
         ("generate entries", f"{r['generate_s']:.1f} s"),
         (
+            "rules only: LedgerState.apply, no I/O",
+            f"{r['rules_rate']:,.0f} entries/s (first {r['rules_sample']:,} entries)",
+        ),
+        (
             "append (rules + log fsync + index + signed checkpoint per batch)",
             f"{r['append_rate']:,.0f} entries/s ({r['append_s']:.1f} s, {r['batches']} batches)",
+        ),
+        (
+            "log fsyncs per batch (SQLite adds its WAL sync at commit)",
+            f"{r['log_fsyncs_per_batch']:g}",
         ),
         (
             "log size / index size",

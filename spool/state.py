@@ -120,9 +120,12 @@ class SpoolState:
 
     def take_seq(self) -> int:
         """Allocate our next sequence number (inside the caller's transaction)."""
-        seq = self.next_seq
-        self._set_meta("next_seq", seq + 1)
-        return seq
+        # One statement, not a read and a write: ingest takes one per receipt.
+        (row,) = self.conn.execute(
+            "INSERT INTO spool_meta (key, value) VALUES ('next_seq', 2) ON CONFLICT(key) "
+            "DO UPDATE SET value = value + 1 RETURNING value - 1"
+        ).fetchall()
+        return int(row[0])
 
     @property
     def horizon(self) -> int:
@@ -158,30 +161,31 @@ class SpoolState:
                 expected=f"a recipient list with {self.me.hex()}",
                 found=", ".join(r.hex() for r in header.recipients),
             )
-        row = self.conn.execute(
-            "SELECT bundle_id FROM spool_seen WHERE sender = ? AND seq = ?",
-            (header.sender, header.seq),
+        # The three lookups in one statement: this runs once per ingested bundle.
+        used, floor, stored_horizon = self.conn.execute(
+            "SELECT (SELECT 1 FROM spool_seen WHERE sender = ? AND seq = ?), "
+            "(SELECT seq FROM spool_floor WHERE sender = ?), "
+            "(SELECT value FROM spool_meta WHERE key = 'horizon')",
+            (header.sender, header.seq, header.sender),
         ).fetchone()
-        if row is not None:
+        if used is not None:
             raise ReplayError(
                 "sequence number already used by another bundle of this sender",
                 expected="a new sequence number",
                 found=header.seq,
                 where=f"sender {header.sender.hex()}",
             )
-        floor = self.conn.execute(
-            "SELECT seq FROM spool_floor WHERE sender = ?", (header.sender,)
-        ).fetchone()
-        if floor is not None and header.seq <= floor[0]:
+        if floor is not None and header.seq <= floor:
             raise ReplayError(
                 "sequence number at or below the pruned floor (a replay of an old bundle)",
-                expected=f"> {floor[0]}",
+                expected=f"> {floor}",
                 found=header.seq,
             )
-        if header.round < self.horizon:
+        horizon = 0 if stored_horizon is None else int(stored_horizon)
+        if header.round < horizon:
             raise ReplayError(
                 "bundle is older than the replay horizon",
-                expected=f"round >= {self.horizon}",
+                expected=f"round >= {horizon}",
                 found=header.round,
             )
         if header.expires is not None and header.expires < current_round:
