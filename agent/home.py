@@ -58,7 +58,7 @@ from agent.wallet import (
     get_meta,
     set_meta,
 )
-from bundle import cbor
+from bundle import cbor, pqsig
 from bundle.arrays import Arrays, array_hash, model_hash
 from bundle.durable import atomic_write, write_bytes_atomic
 from bundle.envelope import (
@@ -77,7 +77,7 @@ from bundle.errors import (
     ReplayError,
     SchemaError,
 )
-from bundle.keys import Identity, PublicIdentity
+from bundle.keys import SUITE_ED25519, SUITE_HYBRID, Identity, PublicIdentity
 from bundle.payloads import (
     EnrollRequest,
     EvalResult,
@@ -589,7 +589,9 @@ class Agent:
         self.models = ModelStore(root / "models")
         self.wallet = Wallet(self.conn, public.key_id, config.federation)
         self.replica: LedgerReplica | None = None
-        self._parents: dict[bytes, Arrays] = {}
+        # Global models held in memory (model hash -> arrays, their array hashes): hashed
+        # once, not at every ingest and train (a 100 MB model takes ~0.1 s to hash).
+        self._parents: dict[bytes, tuple[Arrays, list[bytes]]] = {}
         if config.coordinator is not None:
             self._attach_replica(config.coordinator)
         if self.spool is not None:
@@ -614,6 +616,10 @@ class Agent:
         """Create an agent home in ``root``: identity, ``agent.json``, and an enrollment
         request in the outbox (to the pinned coordinator, or to ``all`` when no key is
         known yet: then the first roster is pinned on first use).
+
+        The identity uses the coordinator's signature suite (from the invite or
+        ``coordinator_key``), so an agent of a post-quantum federation gets a hybrid
+        Ed25519 + ML-DSA-65 key; with no coordinator key known it is Ed25519.
 
         Raises:
             FormatError: ``root`` already holds an agent, or the invite is malformed.
@@ -663,10 +669,13 @@ class Agent:
         # Validate name and facts with the payload's own rules before any key exists.
         facts = node_facts()
         EnrollRequest(name, Identity.generate().public, dict(facts))
+        suite = pinned.suite if pinned is not None else SUITE_ED25519
+        if suite == SUITE_HYBRID:
+            pqsig.require()  # before the home exists, so a failed init leaves nothing
         root.mkdir(parents=True, exist_ok=True)
         lock = HomeLock(root).acquire()
         try:
-            identity = create_identity(root, passphrase, fast_kdf=fast_kdf)
+            identity = create_identity(root, passphrase, fast_kdf=fast_kdf, suite=suite)
             config.save(root)
             agent = cls(root, config, identity.public, identity, lock)
         except BaseException:
@@ -861,13 +870,25 @@ class Agent:
                 del self._parents[digest]
         out: dict[bytes, np.ndarray[Any, Any]] = {}
         for digest in wanted:
-            if digest not in self._parents:
-                try:
-                    self._parents[digest] = self.models.get(digest)
-                except IntegrityError:
-                    continue  # a damaged store file: train will say so; ingest goes on
-            out.update((array_hash(a), a) for _, a in self._parents[digest])
+            try:
+                arrays, hashes = self._held(digest)
+            except IntegrityError:
+                continue  # a damaged store file: train will say so; ingest goes on
+            out.update(zip(hashes, (a for _, a in arrays), strict=True))
         return out
+
+    def _held(self, digest: bytes) -> tuple[Arrays, list[bytes]]:
+        """A global model and its array hashes, from memory or else from the store
+        (hash-checked there) and then kept in memory.
+
+        Raises:
+            IntegrityError: the model is missing from the store or damaged.
+        """
+        held = self._parents.get(digest)
+        if held is None:
+            arrays = self.models.get(digest)
+            held = self._parents[digest] = (arrays, [array_hash(a) for _, a in arrays])
+        return held
 
     def handle(self, bundle: OpenedBundle) -> Outcome:
         payload = bundle.payload
@@ -1004,6 +1025,8 @@ class Agent:
             "VALUES (?, ?, ?, ?)",
             (digest, model.round, bundle.bundle_id, int(time.time())),
         )
+        # Verified just now: the next ingest (XOR parent) and train need not read it back.
+        self._parents[digest] = (model.arrays, [array_hash(a) for _, a in model.arrays])
         return Outcome("accepted", f"global model of round {model.round} stored")
 
     def _on_delta(self, bundle: OpenedBundle, delta: LedgerDelta) -> Outcome:
@@ -1169,7 +1192,9 @@ class Agent:
             raise SchemaError("stored task is not a round task", where=str(self.root))
         return parsed
 
-    def _task_model(self, task: RoundTask, where: str) -> Arrays:
+    def _task_model(self, task: RoundTask, where: str) -> tuple[Arrays, list[bytes]]:
+        """The task's global model, read back from the store and hash-checked (a damaged
+        file is never trained on), and its array hashes."""
         if not self.models.path(task.model_hash).exists():
             row = self.conn.execute(
                 "SELECT model_hash FROM agent_models WHERE round = ? ORDER BY received_at DESC",
@@ -1187,7 +1212,13 @@ class Agent:
                 expected=f"global model {task.model_hash.hex()}",
                 where=where,
             )
-        return self.models.get(task.model_hash)
+        arrays = self.models.get(task.model_hash)
+        # Same model hash, same array hashes.  The copy just checked replaces the one
+        # held, so memory holds the model once.
+        held = self._parents.get(task.model_hash)
+        hashes = held[1] if held is not None else [array_hash(a) for _, a in arrays]
+        self._parents[task.model_hash] = (arrays, hashes)
+        return arrays, hashes
 
     def node_config_for(self, task: RoundTask) -> dict[str, UserValue]:
         """``context.node_config`` for a task: agent.json's node_config, plus
@@ -1239,7 +1270,7 @@ class Agent:
                 found=task.deadline_round,
                 where=where,
             )
-        arrays = self._task_model(task, where)
+        arrays, hashes = self._task_model(task, where)
         result = run_client_app(
             app if app is not None else (self.config.app or DEFAULT_APP),
             "train" if task_type == "train" else "evaluate",
@@ -1261,7 +1292,7 @@ class Agent:
             if result.arrays is None:
                 raise SchemaError("train reply carries no arrays", where=where)
             payload = ModelUpdate(task.round, task.model_hash, examples, metrics, result.arrays)
-            parents = {name: (array_hash(a), a) for name, a in arrays}
+            parents = {name: (h, a) for (name, a), h in zip(arrays, hashes, strict=True)}
         else:
             payload = EvalResult(task.round, task.model_hash, examples, metrics)
         with spool.transaction():

@@ -8,8 +8,8 @@ What it measures (MB = 10**6 bytes of raw array data; speeds are medians of ``--
   compressor), packed with ``pack_bundle`` into a temporary directory and opened with
   ``open_bundle``: unencrypted, and encrypted to one recipient;
 * an update one small step from its parent (``parent + 1e-3 * noise``), packed with
-  ``parents=`` so XOR-delta can be chosen; its size is compared with plain zstd (same
-  level) of the same raw bytes;
+  ``parents=`` so XOR-delta can be chosen; its size is compared with plain zstd of the
+  same raw bytes at the bundle's level (and at level 3);
 * side by side, in the same run and on the same arrays: ``np.savez_compressed`` plus a
   detached Ed25519 signature over the file (load = verify + ``np.load``), and Flower's
   own wire form (``flwr.app.ArrayRecord`` deflated into its content-addressed objects,
@@ -21,7 +21,10 @@ What it measures (MB = 10**6 bytes of raw array data; speeds are medians of ``--
 * the small-bundle path: pure Ed25519 sign/verify of the signed message, and the whole
   ``pack_bytes`` / ``open_bundle`` of a ``Transaction`` bundle;
 * reference limits of this machine: SHA-256, and single-threaded zstd compress and
-  decompress of the same raw bytes.
+  decompress of the same raw bytes (level 3 and the bundle level).
+
+Other processes sharing the CPUs skew every number: the load average before and after the
+run is printed with the results.
 
 This is a script, not a test: it prints a table (or ``--json``) and exits 0; the
 ``targets`` line says which issue-2 targets were met on this machine.
@@ -455,6 +458,11 @@ def _versions() -> str:
     )
 
 
+def _loadavg() -> str:
+    """The 1-minute load average (other processes on these CPUs skew the numbers)."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
 def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
@@ -536,8 +544,9 @@ def report(results: dict[str, Any]) -> str:
     lines.append("targets (bundle rows): " + "; ".join(targets))
     lines.append(
         "notes: MB = 10^6 bytes of raw array data; mem = extra peak RSS / raw size, each"
-        " in a fresh process; bundles compress on 2 zstd threads, the baselines as their"
-        " libraries do (zlib, or zstd on 1 thread)"
+        f" in a fresh process; bundles use zstd level {DEFAULT_LEVEL} (their default), Flower"
+        f" zstd level {FLOWER_LEVEL}, savez zlib; all on one thread; load average at start"
+        f" {results['load_before']}, at end {results['load_after']}"
     )
     return "\n".join(lines)
 
@@ -563,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "values": int(args.size_mb * MB) // 4,
             "versions": _versions(),
+            "load_before": _loadavg(),
             "cases": [
                 bench_case(case, args.size_mb, args.repeat, root, not args.no_memory)
                 for case in cases
@@ -570,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             "small": bench_small(root, args.small_iterations),
             "references": bench_references(args.size_mb, args.repeat),
         }
+        results["load_after"] = _loadavg()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if args.json:

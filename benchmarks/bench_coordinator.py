@@ -6,7 +6,9 @@
 (a) **Close at scale.**  A real coordinator home (``Coordinator.init`` with a float32
     model of ``--params`` values in four arrays, FedAvg, no validation set), ``--updates``
     agents enrolled through the coordinator's own path (one EnrollRequest bundle per agent
-    identity into its inbox, ``spool.ingest``, ``approve``), ``open_round``, then one
+    identity into its inbox, ``spool.ingest``; the first 10 approved with
+    ``Coordinator.approve``, the rest by :func:`approve_batch`, which does the same in one
+    transaction), ``open_round``, then one
     ModelUpdate bundle per agent packed with ``pack_bundle`` as ``Agent.train`` packs it:
     signed by the agent, the round in the header, encrypted to the coordinator, XOR-delta
     filters against the round's global model.  Each update is a small step from the global
@@ -69,6 +71,7 @@ import numpy as np
 from bundle.arrays import array_hash, model_hash
 from bundle.envelope import open_bundle, pack_bundle
 from bundle.keys import Identity
+from bundle.ledger import Allocation, Enroll
 from bundle.payloads import EnrollRequest, ModelUpdate
 from coordinator import rounds
 from coordinator.flower_adapter import (
@@ -81,10 +84,11 @@ from coordinator.flower_adapter import (
 )
 from coordinator.home import Coordinator
 from coordinator.rounds import close_round, open_round
+from coordinator.state import AgentRow
 
 Arrays = list[tuple[str, np.ndarray[Any, Any]]]
 
-PASSPHRASE = "benchmark-only-passphrase"  # noqa: S105 (throwaway homes)
+PASSPHRASE = "benchmark-only-passphrase"  # throwaway homes
 MB = 1e6
 GB = 1e9
 STEP = 1e-3  # training step size relative to weights of order 1
@@ -92,6 +96,7 @@ OFFSETS = 1 << 20  # how far apart the agents' private noise windows start
 TARGET_PEAK_GB = 2.0
 TARGET_SMALL_CLOSE_S = 5.0
 B_FEDERATION = bytes(range(16))
+REAL_APPROVALS = 10  # agents approved one by one through Coordinator.approve (timed)
 
 # Phases of close_round, in report order.
 LOAD = "load+verify update bundles"
@@ -99,12 +104,25 @@ MEAN = "aggregate: streaming weighted mean"
 FLOWER = "aggregate: Flower aggregate_train"
 SCORE = "scoring (agreement / leave-one-out)"
 READ_MODEL = "read global models from store"
+VALIDATION = "validation set + evaluator import"
 STORE = "store new model"
 LEDGER = "ledger append"
 DELTAS = "ledger deltas to agents"
 OPEN_NEXT = "open next round (model + tasks)"
 OTHER = "other (DB, rewards, commit)"
-PHASES = (LOAD, MEAN, FLOWER, SCORE, READ_MODEL, STORE, LEDGER, DELTAS, OPEN_NEXT, OTHER)
+PHASES = (
+    LOAD,
+    MEAN,
+    FLOWER,
+    SCORE,
+    READ_MODEL,
+    VALIDATION,
+    STORE,
+    LEDGER,
+    DELTAS,
+    OPEN_NEXT,
+    OTHER,
+)
 
 
 def echo(text: str) -> None:
@@ -186,6 +204,26 @@ class Federation:
     setup: dict[str, float] = field(default_factory=dict)
 
 
+def approve_batch(coord: Coordinator, rows: list[AgentRow]) -> None:
+    """What ``Coordinator.approve`` does for each row, in one transaction that ends with one
+    roster and one ledger delta per agent.  Approving one by one sends every active agent
+    a new roster and a ledger delta at each approval: quadratic in the number of agents,
+    each bundle fsynced, which takes many minutes for 200 agents."""
+    with coord.spool.transaction():
+        entries: list[bytes] = []
+        for row in rows:
+            node_id = int(coord.state.get("next_node_id", 2))
+            coord.state.set("next_node_id", node_id + 1)
+            coord.state.update_agent(row.key_id, status="active", node_id=node_id)
+            entries.append(Enroll(row.key_id, row.name, coord.public_of(row)).encode())
+            grant = coord.config.initial_allocation.get(row.name, 0)
+            if grant > 0:
+                entries.append(Allocation(row.key_id, grant).encode())
+        coord.ledger.append(entries)
+        coord._send_roster()
+        coord.send_ledger_deltas()
+
+
 def build_federation(
     home: Path, updates: int, params: int, *, validation: bool, seed: int
 ) -> Federation:
@@ -232,9 +270,20 @@ def build_federation(
         report = coord.spool.ingest(coord)
         if len(report.accepted) != updates:
             raise RuntimeError(f"enrollment: {report.rejected[:3]}")
-        for row in coord.state.agents("pending"):
+        setup["enroll"] = time.perf_counter() - started
+        pending = coord.state.agents("pending")
+        started = time.perf_counter()
+        for row in pending[:REAL_APPROVALS]:
             coord.approve(row.key_id.hex())
-        setup["enroll+approve"] = time.perf_counter() - started
+        setup[f"approve first {min(updates, REAL_APPROVALS)} (Coordinator.approve)"] = (
+            time.perf_counter() - started
+        )
+        if len(pending) > REAL_APPROVALS:
+            started = time.perf_counter()
+            approve_batch(coord, pending[REAL_APPROVALS:])
+            setup[f"approve other {len(pending) - REAL_APPROVALS} (batched)"] = (
+                time.perf_counter() - started
+            )
 
         started = time.perf_counter()
         number = int(open_round(coord)["round"])
@@ -339,6 +388,8 @@ class PhaseClock:
     def _enter(self, name: str, absorb: bool) -> bool:
         if self._stack and self._stack[-1][3]:
             return False  # inside a phase that counts everything it calls as its own
+        # A peak reached since the last look happened in the enclosing phase.
+        self._note_peak(self._stack[-1][0] if self._stack else OTHER)
         self._stack.append([name, time.perf_counter(), 0.0, absorb])
         return True
 
@@ -401,8 +452,9 @@ def instrument(coord: Coordinator, clock: PhaseClock) -> None:
         setattr(rounds, name, clock.wrap(getattr(rounds, name), FLOWER))
     for name in ("_agreement_scores", "_leave_one_out_scores"):
         setattr(rounds, name, clock.wrap(getattr(rounds, name), SCORE))
-    evaluator = rounds._evaluator
-    setattr(rounds, "_evaluator", lambda c: clock.wrap(evaluator(c), SCORE))  # noqa: B010
+    load_evaluator = clock.wrap(rounds._evaluator, VALIDATION)
+    setattr(rounds, "_evaluator", lambda c: clock.wrap(load_evaluator(c), SCORE))  # noqa: B010
+    setattr(coord, "validation_set", clock.wrap(coord.validation_set, VALIDATION))  # noqa: B010
     setattr(coord.models, "get", clock.wrap(coord.models.get, READ_MODEL))  # noqa: B010
     setattr(coord.models, "put", clock.wrap(coord.models.put, STORE))  # noqa: B010
     for name in ("append", "has_round_close"):
@@ -521,16 +573,23 @@ def _estimate_disk(updates: int, params: int) -> int:
 
 
 def bench_close(
-    root: Path, label: str, updates: int, params: int, *, validation: bool, repeat: int,
-    profile: bool, seed: int,
+    root: Path,
+    label: str,
+    updates: int,
+    params: int,
+    *,
+    validation: bool,
+    repeat: int,
+    profile: bool,
+    seed: int,
 ) -> dict[str, Any]:
     home = root / label
-    echo(f"[{label}] building a federation: {updates} agents, "
-         f"{params or 'example MLP'} parameters")
+    echo(f"[{label}] building a federation: {updates} agents, {params or 'example MLP'} parameters")
     fed = build_federation(home, updates, params, validation=validation, seed=seed)
     echo(f"[{label}] setup " + ", ".join(f"{k} {v:.1f}s" for k, v in fed.setup.items()))
-    baseline = run_child({"op": "open", "home": str(home), "count": min(updates, 20 if params
-                          else updates)})
+    baseline = run_child(
+        {"op": "open", "home": str(home), "count": min(updates, 20 if params else updates)}
+    )
     closes = []
     for i in range(repeat):
         target = home
@@ -555,9 +614,7 @@ def bench_close(
         "closes": closes,
         "seconds": statistics.median(c["seconds"] for c in closes),
         "extra_bytes": statistics.median(c["extra_bytes"] for c in closes),
-        "phases": {
-            name: statistics.median(c["phases"][name] for c in closes) for name in PHASES
-        },
+        "phases": {name: statistics.median(c["phases"][name] for c in closes) for name in PHASES},
         "peak_phase": closes[0]["peak_phase"],
         "method": closes[0]["method"],
     }
@@ -668,9 +725,13 @@ def bench_stream_vs_flower(
         "flower_loading_s": _median_s(lambda: flower_with_loading(loader, paths), repeat),
         "load_only_s": _median_s(lambda: [loader.load(p) for p in paths], repeat),
     }
-    del replies, messages
-    common = {"op": "b-memory", "params": params, "seed": seed, "updates": updates,
-              "paths": [str(p) for p in paths]}
+    common = {
+        "op": "b-memory",
+        "params": params,
+        "seed": seed,
+        "updates": updates,
+        "paths": [str(p) for p in paths],
+    }
     for variant in ("streamed", "flower"):
         memory = run_child({**common, "variant": variant})
         result[f"{variant}_extra"] = memory["extra_bytes"]
@@ -685,10 +746,10 @@ def bench_stream_vs_flower(
 def _versions() -> str:
     import flwr
 
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return (
         f"Python {platform.python_version()}, numpy {np.__version__}, flwr {flwr.__version__};"
-        f" {os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GB:.1f}"
-        " GB RAM"
+        f" {os.cpu_count()} CPUs, {ram / GB:.1f} GB RAM"
     )
 
 
@@ -701,9 +762,16 @@ def _close_lines(r: dict[str, Any], title: str) -> list[str]:
     per_update = r["seconds"] / n
     pass_s = r["baseline_open_s"] * n
     runs = len(r["closes"])
+    memory = f"  peak RSS growth: {r['extra_bytes'] / MB:.1f} MB"
+    if r["model_bytes"] >= MB:  # ratios to a model of a few KB say nothing
+        memory += (
+            f" = {r['extra_bytes'] / r['model_bytes']:.2f}x the model"
+            f" = {r['extra_bytes'] / max(r['baseline_open_extra'], 1):.2f}x opening one"
+            f" update ({r['baseline_open_extra'] / MB:.0f} MB)"
+        )
     lines = [
         f"{title}: {n} updates x {r['values']:,} float32 values "
-        f"({r['model_bytes'] / MB:.1f} MB raw per model; update bundles "
+        f"({r['model_bytes'] / MB:.3f} MB raw per model; update bundles "
         f"{r['update_bytes'] / GB:.2f} GB, {r['update_bytes'] / n / r['model_bytes']:.3f}x raw)",
         "  setup (not measured as close): "
         + ", ".join(f"{k} {v:.1f} s" for k, v in r["setup"].items()),
@@ -712,11 +780,7 @@ def _close_lines(r: dict[str, Any], title: str) -> list[str]:
         f" = {r['seconds'] / pass_s:.2f}x one verifying pass over the updates"
         f" (baseline: open_bundle median {r['baseline_open_s'] * 1000:.1f} ms/update over"
         f" {r['baseline_count']}, x{n} = {pass_s:.2f} s)",
-        f"  peak RSS growth: {r['extra_bytes'] / GB:.3f} GB"
-        f" = {r['extra_bytes'] / r['model_bytes']:.2f}x the model"
-        f" = {r['extra_bytes'] / max(r['baseline_open_extra'], 1):.2f}x opening one update"
-        f" ({r['baseline_open_extra'] / MB:.0f} MB); reached during: {r['peak_phase']}"
-        f" [{r['method']}]",
+        f"{memory}; reached during: {r['peak_phase']} [{r['method']}]",
         "  breakdown (exclusive seconds, share of close):",
     ]
     for name in PHASES:
@@ -846,8 +910,14 @@ def main(argv: list[str] | None = None) -> int:
         if "c" in parts:
             for key, validation in (("c", False), ("c_validation", True)):
                 results[key] = bench_close(
-                    root, key, args.c_updates, 0, validation=validation, repeat=args.repeat,
-                    profile=False, seed=args.seed,
+                    root,
+                    key,
+                    args.c_updates,
+                    0,
+                    validation=validation,
+                    repeat=args.repeat,
+                    profile=False,
+                    seed=args.seed,
                 )
         if "b" in parts:
             results["b"] = bench_stream_vs_flower(
@@ -855,8 +925,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "a" in parts:
             results["a"] = bench_close(
-                root, "a", args.updates, args.params, validation=False, repeat=1,
-                profile=args.profile, seed=args.seed,
+                root,
+                "a",
+                args.updates,
+                args.params,
+                validation=False,
+                repeat=1,
+                profile=args.profile,
+                seed=args.seed,
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -28,12 +28,25 @@ from bundle.errors import (
     SchemaError,
     SignatureError,
     SizeError,
+    SuiteUnavailableError,
     UnknownSenderError,
     WrongPassphraseError,
 )
-from bundle.keys import Identity, PublicIdentity, load_keystore, read_passphrase, save_keystore
+from bundle.keys import (
+    SUITE_ED25519,
+    SUITE_HYBRID,
+    SUITES,
+    Identity,
+    PublicIdentity,
+    load_keystore,
+    read_passphrase,
+    save_keystore,
+)
 
 __all__ = [
+    "SUITES",
+    "SUITE_ED25519",
+    "SUITE_HYBRID",
     "DecryptionError",
     "FormatError",
     "Header",
@@ -50,6 +63,7 @@ __all__ = [
     "SchemaError",
     "SignatureError",
     "SizeError",
+    "SuiteUnavailableError",
     "UnknownSenderError",
     "WrongPassphraseError",
     "array_hash",

@@ -3,8 +3,12 @@
 
 The signature covers ``"lltoken/checkpoint/v1" || 0x00 || CBOR({federation, size, root,
 time})`` (deterministic CBOR).  It is made with :meth:`Identity.sign` and checked with
-:meth:`PublicIdentity.verify`, which is where the signature suite lives: when the hybrid
-post-quantum suite arrives, checkpoints follow without a change here.
+:meth:`PublicIdentity.verify`, which is where the signature suite lives, so the
+``signature`` field is the coordinator suite's signatures as one byte string:
+
+* ``ed25519``: the 64-byte Ed25519 signature, exactly as before the hybrid suite existed;
+* ``ed25519+ml-dsa-65``: ``ed25519_sig (64) || mldsa65_sig (3309)``, 3373 bytes; both
+  must verify, and a failure names the one that did not.
 
 Checkpoints travel in CBOR inside bundles (``Checkpoint.to_cbor``) and in JSON with hex
 byte strings in proof exports and equivocation evidence (:func:`checkpoint_to_json`).
@@ -16,7 +20,7 @@ import time as _time
 from typing import Any
 
 from bundle import cbor
-from bundle.errors import FormatError, SchemaError, SignatureError
+from bundle.errors import FormatError, SchemaError, SignatureError, SuiteUnavailableError
 from bundle.keys import Identity, PublicIdentity
 from bundle.payloads import Checkpoint
 
@@ -69,9 +73,11 @@ def verify_checkpoint(
     )
     try:
         coordinator.verify(message, checkpoint.signature, where=where)
+    except SuiteUnavailableError:
+        raise  # not a bad signature: this install cannot check the suite (says why)
     except SignatureError as e:
         raise SignatureError(
-            f"checkpoint of size {checkpoint.size} is not signed by the coordinator",
+            f"checkpoint of size {checkpoint.size} is not signed by the coordinator ({e.reason})",
             expected=f"a signature by {coordinator.fingerprint}",
             found="a signature that fails",
             where=where,

@@ -8,7 +8,9 @@ Layout (all integers big-endian; see docs/bundle-format.md)::
 
 The signature covers ``"lltoken/bundle/v1" || 0x00 || SHA-256(magic || version || header)``,
 and the header binds the payload's hash, stored size and decompressed size, so one
-signature covers everything and is checked before any payload byte is read.
+signature covers everything and is checked before any payload byte is read.  The block
+holds one signature per algorithm of the header's suite: ``[ed25519_sig]``, or
+``[ed25519_sig, mldsa65_sig]`` for ``ed25519+ml-dsa-65``, all over that same message.
 
 The bundle id is SHA-256 of everything before the payload (magic to signature block);
 it is in the file name, ``<kind>.<id hex>.llb``, so anyone can check a copy without keys.
@@ -21,6 +23,7 @@ decode, schema check of the payload kind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -41,7 +44,7 @@ import numpy as np
 import zstandard
 
 from bundle import cbor
-from bundle.durable import atomic_write
+from bundle.durable import atomic_write, fsync_dir, temp_path_for
 from bundle.errors import (
     DecryptionError,
     FormatError,
@@ -332,20 +335,57 @@ def _signed_message(header_bytes: bytes) -> bytes:
 
 
 class _Sink:
-    """Collects the stored payload: hashes, counts and spools it (to disk when large)."""
+    """Collects the stored payload: hashes and counts it, and keeps it in memory up to
+    ``_SPOOL_IN_MEMORY`` bytes.
+
+    Beyond that it moves to a file.  Given a directory, that is a temporary file there with
+    the payload starting at offset ``reserve()``, the prefix's likely length: the file then
+    becomes the bundle in place, and the payload is written once, never copied.  Without a
+    directory it is an anonymous temporary file.
+    """
 
     def __init__(self, directory: Path | None) -> None:
-        self.file: Any = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=_SPOOL_IN_MEMORY, dir=None if directory is None else str(directory)
-        )
+        self.directory = directory
+        self.reserve: Callable[[], int] = lambda: 0
+        self.memory = bytearray()
+        self.file: Any = None
+        self.path: Path | None = None  # the temporary file in ``directory``, until committed
+        self.offset = 0  # where the payload starts in ``file``
         self.hash = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
-        if data:
-            self.hash.update(data)
+        if not data:
+            return
+        self.hash.update(data)
+        self.size += len(data)
+        if self.file is not None:
             self.file.write(data)
-            self.size += len(data)
+            return
+        self.memory += data
+        if len(self.memory) > _SPOOL_IN_MEMORY:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self.directory is None:
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        else:
+            self.offset = self.reserve()
+            self.path = temp_path_for(self.directory / "pack.llb")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            self.file = os.fdopen(fd, "w+b")
+            self.file.seek(self.offset)
+        self.file.write(self.memory)
+        self.memory = bytearray()
+
+    def close(self) -> None:
+        """Close the file and remove it unless it became the bundle."""
+        if self.file is not None:
+            self.file.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self.path = None
 
 
 class _Encryptor:
@@ -393,7 +433,7 @@ class PackedBundle:
     path: Path | None = None
 
 
-def _kernel_copy(src: Any, dst: Any, dst_offset: int, size: int) -> int:
+def _kernel_copy(src: Any, src_offset: int, dst: Any, dst_offset: int, size: int) -> int:
     """Copy a spooled payload file to ``dst`` inside the kernel; returns the bytes copied.
 
     About 3x faster than a copy through Python buffers.  Where the kernel cannot (no
@@ -404,7 +444,9 @@ def _kernel_copy(src: Any, dst: Any, dst_offset: int, size: int) -> int:
     try:
         src_fd, dst_fd = src.fileno(), dst.fileno()
         while done < size:
-            n = os.copy_file_range(src_fd, dst_fd, size - done, done, dst_offset + done)
+            n = os.copy_file_range(
+                src_fd, dst_fd, size - done, src_offset + done, dst_offset + done
+            )
             if n == 0:
                 break
             done += n
@@ -423,14 +465,35 @@ class _Sealed:
 
     def write_to(self, out: BinaryIO) -> None:
         out.write(self.prefix)
-        spool = self.sink.file
-        spool.seek(0)
-        if self.sink.size > _SPOOL_IN_MEMORY:  # the spool rolled over to a real file
-            out.flush()
-            copied = _kernel_copy(spool, out, len(self.prefix), self.sink.size)
-            spool.seek(copied)
-            out.seek(len(self.prefix) + copied)
-        shutil.copyfileobj(spool, out, _READ_SIZE * 4)
+        sink = self.sink
+        if sink.file is None:
+            out.write(sink.memory)
+            return
+        sink.file.flush()
+        out.flush()
+        copied = _kernel_copy(sink.file, sink.offset, out, len(self.prefix), sink.size)
+        sink.file.seek(sink.offset + copied)
+        out.seek(len(self.prefix) + copied)
+        shutil.copyfileobj(sink.file, out, _READ_SIZE * 4)
+
+    def in_place(self) -> bool:
+        """Whether the payload's temporary file has exactly the prefix's room before it."""
+        return self.sink.path is not None and self.sink.offset == len(self.prefix)
+
+    def commit(self, path: Path) -> None:
+        """Make the payload's temporary file the bundle at ``path``: the prefix into its
+        reserved room, then :func:`atomic_write`'s steps (fsync, rename, fsync the dir)."""
+        sink = self.sink
+        if sink.path is None:
+            raise ValueError("no temporary file to commit")
+        sink.file.seek(0)
+        sink.file.write(self.prefix)
+        sink.file.flush()
+        os.fsync(sink.file.fileno())
+        sink.file.close()
+        os.replace(sink.path, path)
+        sink.path = None
+        fsync_dir(path.parent)
 
     def packed(self, path: Path | None) -> PackedBundle:
         return PackedBundle(
@@ -460,42 +523,72 @@ def _seal(
     content_key = sodium.crypto_secretstream_xchacha20poly1305_keygen() if encrypt else b""
     encryptor = _Encryptor(sink, content_key, DEFAULT_CHUNK) if encrypt else None
     target: _Sink | _Encryptor = encryptor or sink
-    # One thread on purpose: zstd's worker threads cost ~20% more CPU, ~25 MB more memory
-    # and (at level 1) ~2% in size, and gave no speed on 2 shared cores.
-    compressor = zstandard.ZstdCompressor(level=level).compressobj()
-    raw = 0
-    for chunk in cbor.iter_encode(payload.to_cbor(EncodeContext(level, parents))):
-        raw += len(chunk)
-        target.write(compressor.compress(chunk))
-    target.write(compressor.flush())
     encryption = None
     if encryptor is not None:
-        encryptor.close()
         encryption = Encryption(
             ENCRYPTION_ALG,
             encryptor.stream_header,
             DEFAULT_CHUNK,
             tuple(KeySlot(r.key_id, r.seal(content_key)) for r in recipients),
         )
-    header = Header(
-        kind=kind,
-        federation=federation,
-        sender=identity.key_id,
-        recipients=tuple(r.key_id for r in recipients),
-        round=round,
-        seq=seq,
-        created=int(time.time()) if created is None else created,
-        expires=expires,
-        suite=identity.public.suite,
-        payload=PayloadInfo(sink.size, raw, sink.hash.digest(), "zstd", encryption),
-    )
+    created_at = int(time.time()) if created is None else created
+
+    def header(size: int, raw: int, digest: bytes) -> Header:
+        return Header(
+            kind=kind,
+            federation=federation,
+            sender=identity.key_id,
+            recipients=tuple(r.key_id for r in recipients),
+            round=round,
+            seq=seq,
+            created=created_at,
+            expires=expires,
+            suite=identity.public.suite,
+            payload=PayloadInfo(size, raw, digest, "zstd", encryption),
+        )
+
+    # Only a payload past the in-memory limit gets a file: its sizes then encode in 5
+    # bytes each (up to 4 GiB), which fixes the prefix's length in advance.
+    sink.reserve = lambda: len(_prefix(header(2**32 - 1, 2**32 - 1, bytes(32)), identity))
+    try:
+        raw = _compress(payload, EncodeContext(level, parents), level, target)
+        if encryptor is not None:
+            encryptor.close()
+        final = header(sink.size, raw, sink.hash.digest())
+        prefix = _prefix(final, identity)
+    except BaseException:
+        sink.close()
+        raise
+    return _Sealed(final, prefix, sink)
+
+
+def _compress(payload: Payload, ctx: EncodeContext, level: int, target: _Sink | _Encryptor) -> int:
+    """Encode ``payload`` and write its zstd stream to ``target``; returns the CBOR length."""
+    # One thread on purpose: zstd's worker threads cost ~20% more CPU, ~25 MB more memory
+    # and (at level 1) ~2% in size, and gave no speed on 2 shared cores.
+    compressor = zstandard.ZstdCompressor(level=level).compressobj()
+    raw = 0
+    for chunk in cbor.iter_encode(payload.to_cbor(ctx)):
+        raw += len(chunk)
+        target.write(compressor.compress(chunk))
+    target.write(compressor.flush())
+    return raw
+
+
+def _prefix(header: Header, identity: Identity) -> bytes:
+    """Magic, version, the header and its signature block: everything before the payload.
+
+    Raises:
+        SizeError: the header exceeds its cap.
+    """
     header_bytes = cbor.encode(header.to_cbor())
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise SizeError(
             "header too large", expected=f"<= {MAX_HEADER_BYTES} bytes", found=len(header_bytes)
         )
-    signatures = cbor.encode([identity.sign(_signed_message(header_bytes))])
-    prefix = b"".join(
+    # One signature per algorithm of the suite: [Ed25519] or [Ed25519, ML-DSA-65].
+    signatures = cbor.encode(list(identity.sign_all(_signed_message(header_bytes))))
+    return b"".join(
         (
             MAGIC,
             bytes((VERSION,)),
@@ -505,7 +598,6 @@ def _seal(
             signatures,
         )
     )
-    return _Sealed(header, prefix, sink)
 
 
 def pack_bundle(
@@ -549,10 +641,13 @@ def pack_bundle(
     )
     path = directory / sealed.name
     try:
-        with atomic_write(path) as out:
-            sealed.write_to(out)
+        if sealed.in_place():
+            sealed.commit(path)
+        else:
+            with atomic_write(path) as out:
+                sealed.write_to(out)
     finally:
-        sealed.sink.file.close()
+        sealed.sink.close()
     return sealed.packed(path)
 
 
@@ -586,8 +681,10 @@ def pack_bytes(
         spool_dir=None,
     )
     out = io.BytesIO()
-    sealed.write_to(out)
-    sealed.sink.file.close()
+    try:
+        sealed.write_to(out)
+    finally:
+        sealed.sink.close()
     return sealed.packed(None), out.getvalue()
 
 
@@ -680,17 +777,23 @@ def read_prefix(f: BinaryIO, file_size: int, where: str = "") -> Prefix:
 def verify_signatures(prefix: Prefix, sender: PublicIdentity, where: str = "") -> None:
     """Check the signature block against the sender's key and the header's suite.
 
+    The header's suite must be the sender's enrolled suite (no downgrade from the hybrid
+    suite to Ed25519 alone, nor the reverse), with one signature per algorithm of it, and
+    every one must verify.
+
     Raises:
-        SignatureError: suite mismatch, wrong count, or a signature that fails.
+        SignatureError: suite mismatch, wrong count, or a signature that fails (the
+            message names which one).
+        SuiteUnavailableError: the hybrid suite without the ML-DSA library.
     """
-    if sender.suite != prefix.header.suite or len(prefix.signatures) != 1:
+    if sender.suite != prefix.header.suite:
         raise SignatureError(
-            "signature block does not match the suite",
-            expected=f"1 signature for {sender.suite}",
-            found=f"{len(prefix.signatures)} for {prefix.header.suite}",
+            "bundle's signature suite is not the sender's enrolled suite",
+            expected=sender.suite,
+            found=prefix.header.suite,
             where=where,
         )
-    sender.verify(_signed_message(prefix.header_bytes), prefix.signatures[0], where=where)
+    sender.verify_all(_signed_message(prefix.header_bytes), prefix.signatures, where=where)
 
 
 def _payload_chunks(f: BinaryIO, size: int) -> Iterator[bytes]:

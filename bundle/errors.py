@@ -81,6 +81,13 @@ class SignatureError(LLTokenError):
     exit_code = 12
 
 
+class SuiteUnavailableError(SignatureError):
+    """A signature suite this installation cannot compute: the post-quantum suite without
+    its optional dependency (``pip install 'lltoken-offline[pq]'``)."""
+
+    exit_code = 19
+
+
 class UnknownSenderError(LLTokenError):
     """A bundle signed by a key that is not enrolled, or is revoked."""
 
@@ -162,6 +169,7 @@ __all__ = [
     "SchemaError",
     "SignatureError",
     "SizeError",
+    "SuiteUnavailableError",
     "UnknownSenderError",
     "WrongPassphraseError",
 ]

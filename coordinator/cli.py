@@ -106,6 +106,12 @@ cli.add_command(check_command)
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Held-out .npz (X, y) the coordinator measures update quality on.",
 )
+@click.option(
+    "--pq",
+    is_flag=True,
+    help="Post-quantum federation: every identity signs with Ed25519 + ML-DSA-65 (FIPS 204). "
+    "Needs: pip install 'lltoken-offline[pq]'.",
+)
 @json_option
 def init(
     home: Path,
@@ -119,6 +125,7 @@ def init(
     seed: int,
     initial_model: Path | None,
     validation: Path | None,
+    pq: bool,
     as_json: bool,
 ) -> None:
     """Create a federation: config file, coordinator identity, ledger, initial model."""
@@ -137,12 +144,14 @@ def init(
         seed=seed,
         initial_model=initial_model,
         validation=str(validation.resolve()) if validation else "",
+        pq=pq,
     )
     info = {
         "home": str(home),
         "federation": name,
         "federation_id": coord.config.federation_id.hex(),
         "fingerprint": coord.identity.fingerprint,
+        "suite": coord.suite,
         "config": str(home / "config.toml"),
     }
     coord.close()
@@ -150,7 +159,7 @@ def init(
         echo_json(info)
         return
     click.echo(f"federation {name!r} ({info['federation_id']}) created in {home}")
-    click.echo(f"coordinator fingerprint: {info['fingerprint']}")
+    click.echo(f"coordinator fingerprint: {info['fingerprint']} (signature suite {info['suite']})")
     click.echo(
         f"edit {info['config']}, then give agents an invite: "
         "lltoken-coordinator invite --out invite.json"
@@ -625,6 +634,11 @@ def ledger_proof(home: Path, index: int, as_json: bool) -> None:
     help="Agents that poison updates and inflate their self-reports.",
 )
 @click.option("--local-epochs", default=5, show_default=True)
+@click.option(
+    "--pq",
+    is_flag=True,
+    help="Hybrid Ed25519 + ML-DSA-65 signatures for every identity (needs the [pq] extra).",
+)
 def simulate(
     num_agents: int,
     rounds: int,
@@ -636,6 +650,7 @@ def simulate(
     duplicate: float,
     malicious: int,
     local_epochs: int,
+    pq: bool,
 ) -> None:
     """Run a whole federation on this machine: real training, real bundles, a stick folder.
 
@@ -654,6 +669,7 @@ def simulate(
         duplicate=duplicate,
         local_epochs=local_epochs,
         echo=click.echo,
+        pq=pq,
     ).run(rounds)
     click.echo(
         f"verify: lltoken-coordinator ledger verify --home {base_path}/coordinator "

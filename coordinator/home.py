@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from bundle import pqsig
 from bundle.arrays import Arrays, array_hash
 from bundle.envelope import OpenedBundle, bundle_name
 from bundle.errors import FormatError, LLTokenError, SchemaError
-from bundle.keys import Identity, PublicIdentity
+from bundle.keys import SUITE_ED25519, SUITE_HYBRID, Identity, PublicIdentity
 from bundle.ledger import Allocation, Enroll, Revoke
 from bundle.payloads import (
     EnrollRequest,
@@ -96,17 +97,25 @@ class Coordinator:
         validation: str = "",
         run_config: Mapping[str, Any] | None = None,
         fast_kdf: bool = False,
+        pq: bool = False,
     ) -> Coordinator:
         """Create a federation in ``root``: config, identity, ledger, initial model.
+
+        With ``pq`` the federation uses the hybrid ``ed25519+ml-dsa-65`` signature suite:
+        the coordinator's identity is created with it, agents take it from the invite,
+        and enrollments of any other suite are refused.
 
         Raises:
             FormatError: ``root`` already holds a coordinator.
             SchemaError: an invalid setting or initial model.
+            SuiteUnavailableError: ``pq`` without the optional ML-DSA library.
         """
         if (root / CONFIG).exists():
             raise FormatError(
                 "a coordinator home already exists here; use another --home", where=str(root)
             )
+        if pq:
+            pqsig.require()  # before any file exists, so a failed init leaves nothing
         root.mkdir(parents=True, exist_ok=True)
         lock = HomeLock(root).acquire()
         federation_id = secrets.token_bytes(16)
@@ -126,7 +135,9 @@ class Coordinator:
         )
         (root / CONFIG).write_text(text)
         config_file.load(root / CONFIG)  # validate before creating keys
-        create_identity(root, passphrase, fast_kdf=fast_kdf)
+        create_identity(
+            root, passphrase, fast_kdf=fast_kdf, suite=SUITE_HYBRID if pq else SUITE_ED25519
+        )
         coordinator = cls(root, load_identity(root, passphrase), lock)
         arrays = coordinator.initial_arrays()
         with coordinator.spool.transaction():
@@ -258,7 +269,21 @@ class Coordinator:
 
     # ------------------------------------------------------------------ enrollment
 
+    @property
+    def suite(self) -> str:
+        """The federation's signature suite: the coordinator's own, chosen at ``init``."""
+        return self.identity.public.suite
+
     def _enroll_request(self, request: EnrollRequest) -> Outcome:
+        if request.identity.suite != self.suite:
+            # Every member signs with the federation's suite: a hybrid federation admits
+            # no Ed25519-only key, whose signatures a quantum attacker could forge.
+            raise SchemaError(
+                "the agent's identity uses another signature suite than this federation; "
+                "re-create the agent from this federation's invite",
+                expected=self.suite,
+                found=request.identity.suite,
+            )
         key_id = request.identity.key_id
         existing = self.state.agent(key_id)
         if existing is not None:

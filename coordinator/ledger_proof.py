@@ -141,6 +141,9 @@ def verify_ledger(
     """Audit the ledger in ``store_dir`` from scratch; with ``proof_path``, also check
     every claim of that tokenization proof against it.
 
+    Reads only the log (no lock, no index).  Run it on a ledger no one is appending to,
+    or on a copy: a batch being written shows as bytes after the last commit and fails.
+
     Raises:
         FormatError: not a ledger directory, or a malformed proof file.
         SignatureError: a checkpoint or transfer not validly signed, or a ledger or proof

@@ -22,6 +22,7 @@ and restarted produces the same model bit for bit and counts nothing twice.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from coordinator.home import Coordinator
 
 MAX_METRIC = 1e6  # self-reported metrics are recorded clipped to this magnitude
+_STEP_BLOCK = 1 << 20  # values per float64 block when scoring steps (8 MiB)
 
 
 class RoundError(LLTokenError):
@@ -345,6 +347,31 @@ def _load_updates(
         yield c, payload.arrays
 
 
+def _aggregate(
+    coord: Coordinator,
+    strategy: Any,
+    number: int,
+    contributions: list[_Contribution],
+    *,
+    streaming: bool,
+) -> tuple[Arrays, dict[str, Any]]:
+    """Aggregate the updates read back from the archive.
+
+    A function of its own so that what aggregation holds (the mean's float64 sums and the
+    last update, or every reply) is freed before scoring reads the updates again.
+    """
+    if streaming:
+        mean = StreamingWeightedMean()
+        for c, arrays in _load_updates(coord, contributions):
+            mean.add(arrays, {**c.metrics, "num-examples": c.num_examples})
+        return aggregate_streamed(strategy, number, mean)
+    replies = [
+        Reply(c.node_id, arrays, {**c.metrics, "num-examples": c.num_examples})
+        for c, arrays in _load_updates(coord, contributions)
+    ]
+    return aggregate_train(strategy, number, replies)
+
+
 def close_round(coord: Coordinator, *, force: bool = False) -> dict[str, Any]:
     """Close the collecting round; opens the next one up to the configured count.
 
@@ -392,17 +419,9 @@ def close_round(coord: Coordinator, *, force: bool = False) -> dict[str, Any]:
     needs = strategy_needs(strategy)
     aggregated = len(contributions) >= max(needs.min_replies, 1)
     if aggregated:
-        if needs.streaming:
-            mean = StreamingWeightedMean()
-            for c, arrays in _load_updates(coord, contributions):
-                mean.add(arrays, {**c.metrics, "num-examples": c.num_examples})
-            new_arrays, agg_metrics = aggregate_streamed(strategy, number, mean)
-        else:
-            replies = [
-                Reply(c.node_id, arrays, {**c.metrics, "num-examples": c.num_examples})
-                for c, arrays in _load_updates(coord, contributions)
-            ]
-            new_arrays, agg_metrics = aggregate_train(strategy, number, replies)
+        new_arrays, agg_metrics = _aggregate(
+            coord, strategy, number, contributions, streaming=needs.streaming
+        )
         # Keep the global model's dtypes (FedAdam's float64 step would otherwise turn a
         # float32 model into float64, and agents' float32 replies would no longer match).
         dtypes = {n: a.dtype for n, a in previous}
@@ -553,8 +572,10 @@ def _leave_one_out_scores(
     count = 0
     for _, arrays in _load_updates(coord, contributions):
         for name, value in arrays:
-            term = np.asarray(value, dtype=np.float64)
-            sums[name] = sums[name] + term if name in sums else term
+            if name in sums:
+                sums[name] += value  # in place: no third float64 model per update
+            else:
+                sums[name] = np.array(value, dtype=np.float64)  # a copy we may add into
         count += 1
     names = [n for n, _ in previous]
     loss_with = evaluate([(n, sums[n] / count) for n in names], *validation)[0]
@@ -568,7 +589,7 @@ def _leave_one_out_scores(
         else:
             without = previous
         loss_without = evaluate(without, *validation)[0]
-        norm = float(np.linalg.norm(rewards.flat_step(arrays, previous)))
+        _, norm = _step_stats(arrays, previous, None)
         measured.append((c.agent, rewards.quality_from_gain(loss_without, loss_with), norm))
     median = float(np.median([m[2] for m in measured]))
     return {
@@ -580,15 +601,55 @@ def _leave_one_out_scores(
     }
 
 
+def _dot(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
+    """Dot product of two flat float64 arrays on this thread.
+
+    Not ``np.dot``: OpenBLAS splits it over threads that spin-wait, 2-8x slower on a busy
+    two-core machine, and its partial sums depend on the thread count.
+    """
+    return float(np.einsum("i,i->", a, b))
+
+
+def _step_stats(
+    arrays: Arrays, previous: Arrays, target: list[np.ndarray[Any, Any]] | None
+) -> tuple[float, float]:
+    """``(dot(step, target), |step|)`` for the update's step from ``previous``.
+
+    The step is what :func:`rewards.flat_step` returns, value for value, but built one
+    block of :data:`_STEP_BLOCK` values at a time: a whole float64 step (and its
+    temporaries) of a 100 MB float32 model is ~800 MB.  ``target`` is another step, one
+    flat float64 array per model array (None: norm only).
+    """
+    dot = squares = 0.0
+    for index, ((_, new), (_, old)) in enumerate(zip(arrays, previous, strict=True)):
+        new_flat, old_flat = new.reshape(-1), old.reshape(-1)
+        for start in range(0, new_flat.size, _STEP_BLOCK):
+            block = slice(start, start + _STEP_BLOCK)
+            step = np.subtract(new_flat[block], old_flat[block], dtype=np.float64)
+            squares += _dot(step, step)
+            if target is not None:
+                dot += _dot(step, target[index][block])
+    return dot, math.sqrt(squares)
+
+
 def _agreement_scores(
     coord: Coordinator, contributions: list[_Contribution], previous: Arrays, aggregate: Arrays
 ) -> dict[bytes, tuple[float, str]]:
-    """Second streaming pass: each update's agreement with the aggregate step."""
-    target = rewards.flat_step(aggregate, previous)
+    """Second streaming pass: each update's agreement with the aggregate step.
+
+    Memory: the aggregate step in float64 and a few blocks (see :func:`_step_stats`).
+    """
+    target = [
+        np.subtract(new.reshape(-1), old.reshape(-1), dtype=np.float64)
+        for (_, new), (_, old) in zip(aggregate, previous, strict=True)
+    ]
+    target_norm = math.sqrt(sum(_dot(t, t) for t in target))
     measured = []
     for c, arrays in _load_updates(coord, contributions):
-        step = rewards.flat_step(arrays, previous)
-        measured.append((c.agent, rewards.cosine(step, target), float(np.linalg.norm(step))))
+        dot, norm = _step_stats(arrays, previous, target)
+        # rewards.cosine, from the products: 0 when either step is zero.
+        cos = 0.0 if norm == 0.0 or target_norm == 0.0 else dot / (norm * target_norm)
+        measured.append((c.agent, cos, norm))
     median = float(np.median([m[2] for m in measured])) if measured else 0.0
     return {
         agent: (rewards.quality_from_agreement(cos, norm, median), "agreement")

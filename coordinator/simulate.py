@@ -33,6 +33,7 @@ import numpy as np
 
 from agent.example_model import load_test
 from agent.home import Agent
+from bundle import pqsig
 from bundle.errors import LLTokenError
 from coordinator.audit import export_home, verify_home
 from coordinator.home import Coordinator
@@ -86,6 +87,8 @@ class Simulation:
     lr: float = 0.1
     echo: Callable[[str], None] = print
     strategy_params: dict[str, Any] = field(default_factory=dict)
+    # The hybrid Ed25519 + ML-DSA-65 suite for every identity (needs the [pq] extra).
+    pq: bool = False
 
     def run(self, rounds: int = 5) -> SimulationResult:
         """Run the whole federation for ``rounds`` rounds.
@@ -97,6 +100,8 @@ class Simulation:
         logging.getLogger("flwr").setLevel(logging.ERROR)  # our summaries say it better
         if self.num_agents < 1 or not 0 <= self.malicious <= self.num_agents:
             raise ValueError("need at least one agent and 0 <= malicious <= agents")
+        if self.pq:
+            pqsig.require()  # fail before the old run is deleted
         rng = random.Random(self.seed)  # noqa: S311 (reproducible courier, not crypto)
         base = self.base_path
         if base.exists():
@@ -166,6 +171,7 @@ class Simulation:
             validation="validation.npz",
             run_config={"local-epochs": self.local_epochs, "lr": self.lr},
             fast_kdf=True,
+            pq=self.pq,
         )
 
     def _make_agents(self, base: Path, coord: Coordinator) -> list[Agent]:

@@ -15,29 +15,43 @@ never committed.  A crash between 3 and 4 leaves a file whose id is already in t
 seen-set; ``recover`` finishes moving it.  Receipts work like NNCP's ACKs: a sender keeps
 each outbox copy until a receipt for it arrives (or it expires), so a lost stick can be
 sent again.
+
+``ingest(handler, batch=N)`` runs the same steps for up to N bundles in one transaction,
+to spend a few fsyncs per batch instead of five per bundle.  Steps 1 and 2 run per bundle
+inside the transaction (so the replay rules see the bundles before them in the batch);
+each receipt is written to the outbox but not yet fsynced.  Then ``synced``: all the
+receipts are fsynced at once (on a few threads) and so are their folders, so every
+receipt is durable before step 3, one COMMIT for the batch.  Only then does any file
+move (step 4 for each, then one fsync of the archive and of the inbox); verification
+failures and duplicates move after the commit too, so a crash before it leaves every
+file where it was.  Recovery is the same as for one bundle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from bundle.durable import fsync_dir, temp_path_for
 from bundle.envelope import (
     DEFAULT_MAX_PAYLOAD,
     OpenedBundle,
     PackedBundle,
     open_bundle,
     pack_bundle,
+    pack_bytes,
     parse_name,
     read_prefix,
 )
-from bundle.errors import FormatError, LLTokenError
+from bundle.errors import FormatError, IntegrityError, LLTokenError
 from bundle.keys import Identity, PublicIdentity
 from bundle.payloads import Checkpoint, Payload, Receipt
 from spool.layout import BROADCAST, SpoolDirs, move_durably, quarantine
@@ -103,6 +117,86 @@ RECEIPT_TTL_ROUNDS = 10
 
 def _crash_point(step: str) -> None:
     """No-op in production; tests replace it in a child process to kill -9 at ``step``."""
+
+
+def _receipt(bundle_id: bytes, outcome: Outcome) -> Receipt:
+    return Receipt(
+        bundle_id,
+        outcome.status,
+        outcome.reason,
+        outcome.ledger_index,
+        outcome.proof,
+        outcome.checkpoint,
+    )
+
+
+# Threads that fsync a batch's receipts at its end.  fsync waits on the disk, not the CPU,
+# and the kernel folds concurrent fsyncs into shared journal commits.  The batch waits
+# meanwhile: fsyncing on threads while it runs costs more in GIL hand-offs than it saves.
+_SYNC_THREADS = 8
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _DurableFiles:
+    """A batch's receipts: each written (temporary name, then renamed) as it is made, and
+    all made durable together by :meth:`sync` before the batch commits.  Until then a
+    crash may leave some of them torn or missing; none is in the committed state, so
+    :meth:`SpoolHome.recover` deletes them."""
+
+    def __init__(self, pool: Executor) -> None:
+        self.pool = pool
+        self.paths: list[Path] = []
+        self.folders: set[Path] = set()
+
+    def write(self, path: Path, data: bytes) -> None:
+        folder = path.parent
+        if folder not in self.folders:
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                self.folders.add(folder.parent)  # makes the new folder's name durable
+            self.folders.add(folder)
+        tmp = temp_path_for(path)
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.paths.append(path)
+
+    def sync(self) -> None:
+        """Return once every file, its name and its folder are durable.
+
+        Raises:
+            OSError: an fsync failed.
+        """
+        for _ in self.pool.map(_fsync_file, self.paths):
+            pass
+        for folder in sorted(self.folders):
+            fsync_dir(folder)
+
+    def discard(self) -> None:
+        """After the batch failed (it rolls back): delete what it wrote."""
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _Move:
+    """Where a file of a batch goes once the batch has committed."""
+
+    path: Path
+    to: str  # "archive", "quarantine" or "drop" (a duplicate)
+    error: LLTokenError | str = ""
+    check: str | None = None
 
 
 class SpoolHome:
@@ -227,14 +321,55 @@ class SpoolHome:
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, handler: Handler, paths: Sequence[Path] | None = None) -> IngestReport:
-        """Ingest ``paths`` (default: every file in the inbox), each exactly once."""
+    def ingest(
+        self, handler: Handler, paths: Sequence[Path] | None = None, *, batch: int = 1
+    ) -> IngestReport:
+        """Ingest ``paths`` (default: every file in the inbox), each exactly once.
+
+        With ``batch`` > 1, up to that many bundles share one transaction and one round
+        of fsyncs (see the module docstring): the same checks, the same guarantee.
+
+        Raises:
+            ValueError: ``batch`` is below 1.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
         report = IngestReport()
-        for path in sorted(self.dirs.inbox.iterdir()) if paths is None else paths:
-            if path.name.startswith(".") or not path.is_file():
-                continue
-            self.ingest_one(path, handler, report)
+        todo = sorted(self.dirs.inbox.iterdir()) if paths is None else paths
+        if batch == 1:
+            for path in todo:
+                if path.name.startswith(".") or not path.is_file():
+                    continue
+                self.ingest_one(path, handler, report)
+            return report
+        with ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="spool-fsync") as pool:
+            for start in range(0, len(todo), batch):
+                self._ingest_batch(todo[start : start + batch], handler, report, pool)
         return report
+
+    def _open(self, path: Path, bundle_id: bytes, handler: Handler, current: int) -> OpenedBundle:
+        """Verify a bundle, and that its content is the bundle its name says it is (the
+        seen-set and receipts are keyed by that id).
+
+        Raises:
+            LLTokenError: any failed check; IntegrityError for a renamed file.
+        """
+        opened = open_bundle(
+            path,
+            handler.keyring,
+            identity=self.identity,
+            policy=lambda header: self.state.check_fresh(header, current),
+            parents=handler.parents(),
+            max_payload=self.max_payload,
+        )
+        if opened.bundle_id != bundle_id:
+            raise IntegrityError(
+                "bundle content does not match its file name",
+                expected=bundle_id.hex(),
+                found=opened.bundle_id.hex(),
+                where=str(path),
+            )
+        return opened
 
     def ingest_one(self, path: Path, handler: Handler, report: IngestReport) -> None:
         """Verify, handle, record and archive one inbox file (see the module docstring)."""
@@ -252,45 +387,17 @@ class SpoolHome:
             return
         current = handler.current_round()
         try:
-            opened = open_bundle(
-                path,
-                handler.keyring,
-                identity=self.identity,
-                policy=lambda header: self.state.check_fresh(header, current),
-                parents=handler.parents(),
-                max_payload=self.max_payload,
-            )
+            opened = self._open(path, bundle_id, handler, current)
         except LLTokenError as e:
             quarantine(self.dirs, path, e)
             report.add_rejection(path.name, e)
             return
         _crash_point("verified")
-        refused: LLTokenError | None = None
         with self.transaction() as conn:
-            conn.execute("SAVEPOINT handler")
-            try:
-                if isinstance(opened.payload, Receipt):
-                    self.clear_sent(opened.payload.bundle_id)
-                outcome = handler.handle(opened)
-                conn.execute("RELEASE handler")
-            except LLTokenError as e:
-                conn.execute("ROLLBACK TO handler")
-                conn.execute("RELEASE handler")
-                handler.refused(opened, e)
-                refused = e
-                outcome = Outcome("rejected", str(e)[:1000])
-            _crash_point("handled")
-            self.state.record(bundle_id, opened.header, outcome.status, outcome.reason)
+            outcome, refused = self._handle(conn, handler, opened, bundle_id)
             if opened.header.kind != Receipt.KIND:
                 self.send(
-                    Receipt(
-                        bundle_id,
-                        outcome.status,
-                        outcome.reason,
-                        outcome.ledger_index,
-                        outcome.proof,
-                        outcome.checkpoint,
-                    ),
+                    _receipt(bundle_id, outcome),
                     to=[opened.sender],
                     round=current,
                     # Kept for re-sending until then; receipts are never receipted.
@@ -305,6 +412,104 @@ class SpoolHome:
             move_durably(path, self.dirs.archive)
             report.accepted.append(path.name)
         _crash_point("archived")
+
+    def _handle(
+        self, conn: sqlite3.Connection, handler: Handler, opened: OpenedBundle, bundle_id: bytes
+    ) -> tuple[Outcome, LLTokenError | None]:
+        """Step 2 up to the receipt: the handler (its writes undone if it refuses) and the
+        seen-set record; returns the outcome and the refusal, if any."""
+        refused: LLTokenError | None = None
+        conn.execute("SAVEPOINT handler")
+        try:
+            if isinstance(opened.payload, Receipt):
+                self.clear_sent(opened.payload.bundle_id)
+            outcome = handler.handle(opened)
+            conn.execute("RELEASE handler")
+        except LLTokenError as e:
+            conn.execute("ROLLBACK TO handler")
+            conn.execute("RELEASE handler")
+            handler.refused(opened, e)
+            refused = e
+            outcome = Outcome("rejected", str(e)[:1000])
+        _crash_point("handled")
+        self.state.record(bundle_id, opened.header, outcome.status, outcome.reason)
+        return outcome, refused
+
+    def _ingest_batch(
+        self, paths: Sequence[Path], handler: Handler, report: IngestReport, pool: Executor
+    ) -> None:
+        """Ingest ``paths`` in one transaction (see the module docstring)."""
+        moves: list[_Move] = []
+        receipts = _DurableFiles(pool)
+        taken: set[Path] = set()
+        with self.transaction() as conn:
+            try:
+                for path in paths:
+                    if path in taken or path.name.startswith(".") or not path.is_file():
+                        continue
+                    taken.add(path)
+                    moves.append(self._batch_step(conn, path, handler, receipts))
+                receipts.sync()
+            except BaseException:
+                receipts.discard()  # the transaction rolls back: nothing refers to them
+                raise
+            _crash_point("synced")
+        _crash_point("committed")
+        self.dirs.archive.mkdir(parents=True, exist_ok=True)
+        emptied: set[Path] = set()
+        for move in moves:
+            name = move.path.name
+            if move.to == "archive":
+                os.replace(move.path, self.dirs.archive / name)
+                emptied.add(move.path.parent)
+                report.accepted.append(name)
+                _crash_point("archived")
+            elif move.to == "drop":
+                move.path.unlink(missing_ok=True)
+                report.duplicates.append(name)
+            else:
+                quarantine(self.dirs, move.path, move.error, check=move.check)
+                report.add_rejection(name, move.error)
+        if emptied:
+            fsync_dir(self.dirs.archive)
+            for folder in sorted(emptied):
+                fsync_dir(folder)
+
+    def _batch_step(
+        self, conn: sqlite3.Connection, path: Path, handler: Handler, receipts: _DurableFiles
+    ) -> _Move:
+        """Steps 1 and 2 of one bundle in a batch; returns where its file goes after 3."""
+        try:
+            _, bundle_id = parse_name(path.name)
+        except FormatError as e:
+            return _Move(path, "quarantine", e, "name")
+        if self.state.seen(bundle_id) is not None:
+            return _Move(path, "drop")  # delivered before, or earlier in this batch
+        current = handler.current_round()
+        try:
+            opened = self._open(path, bundle_id, handler, current)
+        except LLTokenError as e:
+            return _Move(path, "quarantine", e)
+        _crash_point("verified")
+        outcome, refused = self._handle(conn, handler, opened, bundle_id)
+        if opened.header.kind != Receipt.KIND:
+            # What send() does, but fsynced with the rest of the batch before its commit.
+            peer = opened.sender.key_id.hex()
+            packed, data = pack_bytes(
+                _receipt(bundle_id, outcome),
+                self.identity,
+                federation=self.federation,
+                round=current,
+                seq=self.state.take_seq(),
+                recipients=[opened.sender],
+                expires=current + RECEIPT_TTL_ROUNDS,
+            )
+            receipts.write(self.dirs.outbox(peer) / packed.name, data)
+            self.state.remember_sent(packed.bundle_id, peer, packed.name, packed.header)
+        _crash_point("receipted")
+        if refused is not None:
+            return _Move(path, "quarantine", refused, "handler")
+        return _Move(path, "archive")
 
 
 def peek_header(path: Path) -> Any:

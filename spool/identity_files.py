@@ -16,6 +16,7 @@ from bundle.keys import (
     MEMLIMIT_FAST,
     OPSLIMIT_DEFAULT,
     OPSLIMIT_FAST,
+    SUITE_ED25519,
     Identity,
     PublicIdentity,
     load_keystore,
@@ -49,9 +50,17 @@ def public_from_json(data: dict[str, str], where: str = "") -> PublicIdentity:
     return public
 
 
-def create_identity(home: Path, passphrase: str, *, fast_kdf: bool = False) -> Identity:
-    """Generate a new identity for ``home``; refuses to replace an existing one."""
-    identity = Identity.generate()
+def create_identity(
+    home: Path, passphrase: str, *, fast_kdf: bool = False, suite: str = SUITE_ED25519
+) -> Identity:
+    """Generate a new identity of ``suite`` for ``home``; refuses to replace an existing one.
+
+    Raises:
+        KeystoreError: ``home`` already has a keystore, or the passphrase is empty.
+        FormatError: an unknown suite.
+        SuiteUnavailableError: the hybrid suite without the optional ML-DSA library.
+    """
+    identity = Identity.generate(suite)
     ops, mem = (OPSLIMIT_FAST, MEMLIMIT_FAST) if fast_kdf else (OPSLIMIT_DEFAULT, MEMLIMIT_DEFAULT)
     save_keystore(home / KEYSTORE, identity, passphrase, opslimit=ops, memlimit=mem)
     write_bytes_atomic(

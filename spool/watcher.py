@@ -85,7 +85,9 @@ class InboxWatcher:
         on_ready: Callable[[list[Path]], None],
         *,
         settle: float = 2.0,
-        rescan: float = 5.0,
+        # A cheap listing every tick: watchdog holds moved-out events for 0.5 s, which
+        # would otherwise delay files arriving right after an ingest archived one.
+        rescan: float = 0.1,
         tick: float = 0.05,
     ) -> None:
         self.inbox = inbox

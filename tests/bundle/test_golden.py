@@ -11,7 +11,9 @@ For every committed vector:
   zstd library is the version the vectors were made with; with another zstd (whose
   compressed bytes may legitimately differ) the header fields other than the payload's
   stored size and hash, and the decompressed payload, must still be identical.  The
-  decompressed-payload comparison always runs.
+  decompressed-payload comparison always runs.  Two vectors are random by design: the
+  encrypted one (everything but the encryption parameters must agree) and the hybrid-suite
+  one (everything but the hedged ML-DSA-65 signature must agree).
 
 If the encoder changes on purpose, regenerate with ``python tests/vectors/make_bundle_vectors.py``
 and say why in the commit: every existing bundle in the field is affected.
@@ -35,7 +37,7 @@ import nacl.signing
 import pytest
 import zstandard
 
-from bundle import cbor
+from bundle import cbor, pqsig
 from bundle.envelope import (
     MAGIC,
     SIGNING_DOMAIN,
@@ -47,6 +49,7 @@ from bundle.envelope import (
     read_prefix,
 )
 from bundle.errors import IntegrityError
+from bundle.keys import SUITE_ED25519, SUITES
 from bundle.payloads import KINDS
 
 
@@ -97,6 +100,7 @@ by_label = pytest.mark.parametrize("record", RECORDS, ids=[r["label"] for r in R
 def test_manifest_covers_every_kind_and_every_file() -> None:
     assert {r["kind"] for r in RECORDS} == set(KINDS)
     assert any(r["encrypted"] and r["kind"] == "model-update" for r in RECORDS)
+    assert {r["suite"] for r in RECORDS} == set(SUITES)
     assert any(
         r.get("array_filters", {}).get("dense.weight") == ["xor", "shuffle"] for r in RECORDS
     )
@@ -163,11 +167,18 @@ def test_vector_layout_and_signature_follow_the_spec(record: dict[str, Any]) -> 
     message = SIGNING_DOMAIN + hashlib.sha256(data[:5] + header_bytes).digest()
     assert message[:18] == b"lltoken/bundle/v1\x00"
     assert message.hex() == record["signed_message_hex"]
+    sender = GEN.IDENTITIES[record["sender"]].public
+    assert header["suite"] == record["suite"] == sender.suite
     signatures = cbor2.loads(sig_block)
     assert isinstance(signatures, list)
-    assert len(signatures) == 1
-    sender = GEN.IDENTITIES[record["sender"]].public
-    nacl.signing.VerifyKey(sender.signing_key).verify(message, signatures[0])
+    # One signature per algorithm of the suite, in order, all over the same message.
+    if record["suite"] == SUITE_ED25519:
+        assert [len(s) for s in signatures] == [64]
+    else:
+        assert [len(s) for s in signatures] == [64, pqsig.SIGNATURE_BYTES]
+        assert sender.mldsa_key is not None
+        assert pqsig.verify(sender.mldsa_key, message, signatures[1])
+    nacl.signing.VerifyKey(sender.signing_key[:32]).verify(message, signatures[0])
 
 
 @by_label
@@ -198,6 +209,12 @@ def test_vector_repacks_from_its_inputs(record: dict[str, Any]) -> None:
     # Always: the same inputs encode to the same payload CBOR.
     assert GEN.decompressed_payload(fresh, opener) == GEN.decompressed_payload(committed, opener)
 
+    same_zstd = MANIFEST["zstd_version"] == ZSTD_NOW
+    assert record["reproducible"] == (not record["encrypted"] and record["suite"] == "ed25519")
+    if record["reproducible"] and same_zstd:
+        assert packed.name == record["file"]
+        assert fresh == committed
+        return
     old, new = _header_map(committed), _header_map(fresh)
     if record["encrypted"]:
         # Fresh content key, sealed boxes and stream header: only the rest must agree.
@@ -207,9 +224,13 @@ def test_vector_repacks_from_its_inputs(record: dict[str, Any]) -> None:
         ]
         for h in (old, new):
             del h["payload"]["enc"]
-    if not record["encrypted"] and MANIFEST["zstd_version"] == ZSTD_NOW:
-        assert packed.name == record["file"]
-        assert fresh == committed
+    elif same_zstd:
+        # Hybrid suite: everything but the hedged ML-DSA signature is reproducible.
+        old_prefix = read_prefix(io.BytesIO(committed), len(committed))
+        new_prefix = read_prefix(io.BytesIO(fresh), len(fresh))
+        assert new_prefix.header_bytes == old_prefix.header_bytes
+        assert new_prefix.signatures[0] == old_prefix.signatures[0]  # Ed25519: deterministic
+        assert fresh[new_prefix.length :] == committed[old_prefix.length :]
         return
     if not record["encrypted"]:
         warnings.warn(
@@ -229,9 +250,13 @@ def test_delta_vector_needs_its_parent() -> None:
 
 
 def test_manifest_keys_are_the_fixed_identities() -> None:
+    assert set(MANIFEST["keys"]) == set(GEN.IDENTITIES)
     for name, keys in MANIFEST["keys"].items():
         identity = GEN.IDENTITIES[name]
-        assert (keys["signing_seed"], keys["box_secret"]) == tuple(s.hex() for s in GEN.SEEDS[name])
+        sign, box, pq = GEN.SEEDS[name]
+        assert (keys["signing_seed"], keys["box_secret"]) == (sign.hex(), box.hex())
+        assert keys["mldsa_seed"] == (None if pq is None else pq.hex())
+        assert keys["suite"] == identity.public.suite
         assert keys["signing_public"] == identity.public.signing_key.hex()
         assert keys["box_public"] == identity.public.box_key.hex()
         assert keys["key_id"] == identity.key_id.hex()

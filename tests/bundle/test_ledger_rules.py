@@ -43,7 +43,8 @@ from bundle.ledger import (
     decode_entry,
     transfer_decision,
 )
-from bundle.merkle import leaf_hash, root
+from bundle.merkle import consistency_proof, inclusion_proof, leaf_hash, root
+from bundle.merkletree import MerkleTree
 from bundle.payloads import MAX_AMOUNT, EvalResult, Transaction
 
 MODEL = hashlib.sha256(b"model").digest()
@@ -744,3 +745,26 @@ def test_audit_failures(
     with pytest.raises(ReplayError, match="ledger entry 5") as info:
         audit([*entries[:5], entries[4]], checkpoint, coordinator.public)
     assert info.value.exit_code == 14
+
+
+# ---------------------------------------------------------------------------- Merkle cache
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(1, 70), cut=st.integers(0, 70), data=st.data())
+def test_merkle_tree_cache_agrees_with_the_reference(size: int, cut: int, data: Any) -> None:
+    leaves = [leaf_hash(n.to_bytes(4, "big")) for n in range(size)]
+    tree = MerkleTree(b"".join(leaves[: size // 2]))
+    tree.extend(leaves[size // 2 :])
+    assert tree.root() == root(leaves)
+    n = data.draw(st.integers(1, size))
+    index = data.draw(st.integers(0, n - 1))
+    old = data.draw(st.integers(1, n))
+    assert tree.root(n) == root(leaves[:n])
+    assert tree.inclusion_proof(index, n) == inclusion_proof(index, leaves[:n])
+    assert tree.consistency_proof(old, n) == consistency_proof(old, leaves[:n])
+    kept = min(cut, size)
+    tree.truncate(kept)
+    assert tree.root() == root(leaves[:kept])
+    tree.extend(leaves[kept:])
+    assert tree.root() == root(leaves)

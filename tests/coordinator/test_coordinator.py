@@ -27,13 +27,30 @@ from spool.media import sync_media
 def federation(tmp_path: Path) -> tuple[Coordinator, list[Agent], Path]:
     stick = tmp_path / "media"
     stick.mkdir()
-    coord = Coordinator.init(tmp_path / "coordinator", "rules", PASSPHRASE, rounds=3,
-                             run_config={"local-epochs": 1, "lr": 0.1}, fast_kdf=True)
-    invite = {"federation_name": "rules", "federation_id": coord.config.federation_id.hex(),
-              "coordinator": public_to_json(coord.identity.public)}
-    agents = [Agent.init(tmp_path / f"a{i}", f"a{i}", PASSPHRASE, invite=invite,
-                         node_config={"partition-id": i, "num-partitions": 3}, fast_kdf=True)
-              for i in range(3)]
+    coord = Coordinator.init(
+        tmp_path / "coordinator",
+        "rules",
+        PASSPHRASE,
+        rounds=3,
+        run_config={"local-epochs": 1, "lr": 0.1},
+        fast_kdf=True,
+    )
+    invite = {
+        "federation_name": "rules",
+        "federation_id": coord.config.federation_id.hex(),
+        "coordinator": public_to_json(coord.identity.public),
+    }
+    agents = [
+        Agent.init(
+            tmp_path / f"a{i}",
+            f"a{i}",
+            PASSPHRASE,
+            invite=invite,
+            node_config={"partition-id": i, "num-partitions": 3},
+            fast_kdf=True,
+        )
+        for i in range(3)
+    ]
     for agent in agents:
         agent.sync(stick)
     sync_media(coord.spool, coord, stick)
@@ -49,29 +66,44 @@ def federation(tmp_path: Path) -> tuple[Coordinator, list[Agent], Path]:
     coord.close()
 
 
-def forged_update(coord: Coordinator, agent: Agent, *, parent: bytes | None = None,
-                  round: int = 1, shape_change: bool = False) -> Path:
+def forged_update(
+    coord: Coordinator,
+    agent: Agent,
+    *,
+    parent: bytes | None = None,
+    round: int = 1,
+    shape_change: bool = False,
+) -> Path:
     """An update signed by the agent's own key, but breaking one rule."""
     arrays = coord.global_arrays()
     if shape_change:
         arrays = [(n, np.zeros((2, 2), np.float32)) for n, _ in arrays]
     update = ModelUpdate(round, parent or coord.model_hash, 10, {"train_loss": 0.1}, arrays)
-    packed = pack_bundle(coord.spool.dirs.inbox, update, agent.identity,
-                         federation=coord.config.federation_id, round=round, seq=10_000,
-                         recipients=[coord.identity.public], encrypt=True,
-                         parents={n: (array_hash(a), a) for n, a in coord.global_arrays()})
+    packed = pack_bundle(
+        coord.spool.dirs.inbox,
+        update,
+        agent.identity,
+        federation=coord.config.federation_id,
+        round=round,
+        seq=10_000,
+        recipients=[coord.identity.public],
+        encrypt=True,
+        parents={n: (array_hash(a), a) for n, a in coord.global_arrays()},
+    )
     assert packed.path is not None
     return packed.path
 
 
 def reason(coord: Coordinator, path: Path) -> dict[str, object]:
     data: dict[str, object] = json.loads(
-        (coord.spool.dirs.quarantine / f"{path.name}.reason.json").read_text())
+        (coord.spool.dirs.quarantine / f"{path.name}.reason.json").read_text()
+    )
     return data
 
 
 def test_update_from_wrong_parent_is_refused_and_costs_reputation(
-        federation: tuple[Coordinator, list[Agent], Path]) -> None:
+    federation: tuple[Coordinator, list[Agent], Path],
+) -> None:
     coord, agents, _ = federation
     before = coord.find_agent("a0").reputation
     path = forged_update(coord, agents[0], parent=b"\x01" * 32)
@@ -82,15 +114,15 @@ def test_update_from_wrong_parent_is_refused_and_costs_reputation(
 
 
 def test_update_with_other_shapes_is_refused(
-        federation: tuple[Coordinator, list[Agent], Path]) -> None:
+    federation: tuple[Coordinator, list[Agent], Path],
+) -> None:
     coord, agents, _ = federation
     path = forged_update(coord, agents[1], shape_change=True)
     coord.spool.ingest(coord)
     assert "differ from the global model" in str(reason(coord, path)["reason"])
 
 
-def test_revoked_agent_is_quarantined(
-        federation: tuple[Coordinator, list[Agent], Path]) -> None:
+def test_revoked_agent_is_quarantined(federation: tuple[Coordinator, list[Agent], Path]) -> None:
     coord, agents, _ = federation
     coord.revoke("a2")
     path = forged_update(coord, agents[2])
@@ -100,7 +132,8 @@ def test_revoked_agent_is_quarantined(
 
 
 def test_late_update_gets_a_late_receipt_and_is_not_aggregated(
-        federation: tuple[Coordinator, list[Agent], Path]) -> None:
+    federation: tuple[Coordinator, list[Agent], Path],
+) -> None:
     coord, agents, stick = federation
     agents[0].train()
     agents[0].sync(stick)
@@ -117,7 +150,8 @@ def test_late_update_gets_a_late_receipt_and_is_not_aggregated(
 
 
 def test_close_needs_quorum_unless_forced(
-        federation: tuple[Coordinator, list[Agent], Path]) -> None:
+    federation: tuple[Coordinator, list[Agent], Path],
+) -> None:
     coord, _, _ = federation
     with pytest.raises(RoundError, match="cannot close yet"):
         close_round(coord)
@@ -133,14 +167,14 @@ def test_cli_init_invite_enroll_status(tmp_path: Path) -> None:
     secret = tmp_path / "pass"
     secret.write_text("a long test passphrase\n")
     common = ["--home", str(home), "--passphrase-file", str(secret)]
-    result = runner.invoke(cli, ["init", *common, "--name", "demo", "--rounds", "2",
-                                 "--json"])
+    result = runner.invoke(cli, ["init", *common, "--name", "demo", "--rounds", "2", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert len(info["federation_id"]) == 32
     assert (home / "config.toml").read_text().count("#") > 20  # documented
-    result = runner.invoke(cli, ["invite", "--home", str(home), "--out",
-                                 str(tmp_path / "invite.json")])
+    result = runner.invoke(
+        cli, ["invite", "--home", str(home), "--out", str(tmp_path / "invite.json")]
+    )
     assert result.exit_code == 0, result.output
     invite = json.loads((tmp_path / "invite.json").read_text())
     assert invite["coordinator"]["fingerprint"] == info["fingerprint"]
@@ -160,10 +194,14 @@ def test_doctor_reports_each_check(tmp_path: Path) -> None:
     coord = Coordinator.init(tmp_path / "c", "doc", PASSPHRASE, fast_kdf=True)
     coord.close()
     checks = {c.name: c for c in run_checks(tmp_path / "c")}
-    assert set(checks) == {"offline mode", "network interfaces", "key file permissions",
-                           "dependency versions", "free disk space",
-                           "Flower telemetry and update check"}
+    assert set(checks) == {
+        "offline mode",
+        "network interfaces",
+        "key file permissions",
+        "dependency versions",
+        "free disk space",
+        "Flower telemetry and update check",
+    }
     assert checks["key file permissions"].status == "ok"
     (tmp_path / "c" / "keystore.json").chmod(0o644)
-    assert {c.name: c for c in run_checks(tmp_path / "c")}[
-        "key file permissions"].status == "fail"
+    assert {c.name: c for c in run_checks(tmp_path / "c")}["key file permissions"].status == "fail"

@@ -41,8 +41,17 @@ def test_small_simulation_verifies_and_tampering_is_caught(tmp_path: Path) -> No
     assert result.transfer is not None
     assert result.transfer["status"] == "confirmed"
 
-    cli = [sys.executable, "-m", "coordinator", "ledger", "verify",
-           "--home", str(base / "coordinator"), "--proof", str(base / "tokenization_proof.json")]
+    cli = [
+        sys.executable,
+        "-m",
+        "coordinator",
+        "ledger",
+        "verify",
+        "--home",
+        str(base / "coordinator"),
+        "--proof",
+        str(base / "tokenization_proof.json"),
+    ]
     ok = subprocess.run(cli, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "ledger intact" in ok.stdout
@@ -57,8 +66,7 @@ def test_small_simulation_verifies_and_tampering_is_caught(tmp_path: Path) -> No
 
 
 def test_malicious_agents_earn_measurably_fewer_tokens(tmp_path: Path) -> None:
-    result = Simulation(tmp_path / "sim", 6, malicious=2, strategy="FedMedian",
-                        echo=quiet).run(3)
+    result = Simulation(tmp_path / "sim", 6, malicious=2, strategy="FedMedian", echo=quiet).run(3)
     honest = [b for name, b in result.balances.items() if name not in result.malicious]
     bad = [result.balances[name] for name in result.malicious]
     assert len(bad) == 2
@@ -82,13 +90,15 @@ def test_multi_round_runs_with_each_strategy(tmp_path: Path, strategy: str) -> N
 
 
 def test_dropouts_late_and_duplicate_deliveries(tmp_path: Path) -> None:
-    result = Simulation(tmp_path / "sim", 5, dropout=0.2, late=0.4, duplicate=0.5, seed=3,
-                        echo=quiet).run(3)
+    result = Simulation(
+        tmp_path / "sim", 5, dropout=0.2, late=0.4, duplicate=0.5, seed=3, echo=quiet
+    ).run(3)
     late = sum(r["late_deliveries"] for r in result.rounds)
     assert late > 0, "seed 3 holds back at least one update"
     with Coordinator.open(tmp_path / "sim" / "coordinator", PASSPHRASE) as coord:
         recorded = coord.conn.execute(
-            "SELECT COUNT(*) FROM updates WHERE status = 'late'").fetchone()[0]
+            "SELECT COUNT(*) FROM updates WHERE status = 'late'"
+        ).fetchone()[0]
     assert recorded == late, "each held-back update got a 'late' receipt, not aggregated"
     verify_home(tmp_path / "sim" / "coordinator")
 
@@ -103,14 +113,33 @@ def build(base: Path, seed: int = 7) -> tuple[Coordinator, list[Agent], Path]:
     home.mkdir()
     x, y = load_test()
     np.savez(home / "validation.npz", X=x, y=y)
-    coord = Coordinator.init(home, "crash", PASSPHRASE, strategy="FedAdam", rounds=3,
-                             seed=seed, validation="validation.npz",
-                             run_config={"local-epochs": 2, "lr": 0.1}, fast_kdf=True)
-    invite = {"federation_name": "crash", "federation_id": coord.config.federation_id.hex(),
-              "coordinator": public_to_json(coord.identity.public)}
-    agents = [Agent.init(base / "agents" / f"a{i}", f"a{i}", PASSPHRASE, invite=invite,
-                         node_config={"partition-id": i, "num-partitions": 3}, fast_kdf=True)
-              for i in range(3)]
+    coord = Coordinator.init(
+        home,
+        "crash",
+        PASSPHRASE,
+        strategy="FedAdam",
+        rounds=3,
+        seed=seed,
+        validation="validation.npz",
+        run_config={"local-epochs": 2, "lr": 0.1},
+        fast_kdf=True,
+    )
+    invite = {
+        "federation_name": "crash",
+        "federation_id": coord.config.federation_id.hex(),
+        "coordinator": public_to_json(coord.identity.public),
+    }
+    agents = [
+        Agent.init(
+            base / "agents" / f"a{i}",
+            f"a{i}",
+            PASSPHRASE,
+            invite=invite,
+            node_config={"partition-id": i, "num-partitions": 3},
+            fast_kdf=True,
+        )
+        for i in range(3)
+    ]
     for agent in agents:
         agent.sync(stick)
     sync_media(coord.spool, coord, stick)
@@ -156,8 +185,12 @@ def run_federation(base: Path, crash_at: str | None) -> tuple[str, int, int]:
             coord.close()
             child = subprocess.run(
                 [sys.executable, "-c", CRASH_CLOSE, str(base / "coordinator"), crash_at],
-                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                text=True, timeout=300)
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert child.returncode == -9, child.stderr
             coord = Coordinator.open(base / "coordinator", PASSPHRASE)
         close_round(coord)

@@ -41,9 +41,14 @@ def test_report_is_self_contained_and_complete(report_path: Path) -> None:
     assert parser.external == []
     assert "script" not in parser.tags
     assert parser.tags.count("svg") == 6
-    for title in ("Global accuracy per round", "Global loss per round",
-                  "Tokens per agent per round", "Measured quality per agent",
-                  "Reputation per agent", "Update bytes received per round"):
+    for title in (
+        "Global accuracy per round",
+        "Global loss per round",
+        "Tokens per agent per round",
+        "Measured quality per agent",
+        "Reputation per agent",
+        "Update bytes received per round",
+    ):
         assert title in text
     assert 'class="ok"' in text  # the ledger verified from scratch
 
@@ -59,11 +64,26 @@ def test_report_renders_in_chromium(report_path: Path, tmp_path: Path) -> None:
         pytest.skip("no chromium on this machine; structure is checked above")
     shot = tmp_path / "report.png"
     subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         f"--screenshot={shot}", "--window-size=1300,1600", report_path.as_uri()],
-        check=True, capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1300,1600",
+            report_path.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 20_000  # a blank page compresses to a few KB

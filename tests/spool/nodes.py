@@ -54,8 +54,10 @@ class RecordingHandler:
         return Outcome("accepted")
 
     def refused(self, bundle: OpenedBundle, error: LLTokenError) -> None:
-        self.conn.execute("INSERT INTO handled VALUES (?, ?, ?)",
-                          (bundle.bundle_id, "refused", bundle.header.sender))
+        self.conn.execute(
+            "INSERT INTO handled VALUES (?, ?, ?)",
+            (bundle.bundle_id, "refused", bundle.header.sender),
+        )
 
     def handled(self) -> list[tuple[bytes, str, bytes]]:
         return self.conn.execute("SELECT bundle_id, kind, sender FROM handled").fetchall()

@@ -3,16 +3,19 @@
     python tests/vectors/make_bundle_vectors.py          # (re)write the vectors
     python tests/vectors/make_bundle_vectors.py --check  # exit 1 if they would change
 
-Every input is fixed: three identities from constant seeds, one federation id, one
-``created`` time, and small hand-made models (a few KB), so an unencrypted bundle is a pure
-function of these inputs, the encoder, and the zstd library (whose version the manifest
-records).  There is one bundle of each payload kind, plus a model update encrypted to the
-coordinator and a model update sent as an XOR-delta (xor + shuffle) against the global
-model.
+Every input is fixed: four identities from constant seeds (one with the hybrid suite), one
+federation id, one ``created`` time, and small hand-made models (a few KB), so an
+unencrypted Ed25519 bundle is a pure function of these inputs, the encoder, and the zstd
+library (whose version the manifest records).  There is one bundle of each payload kind,
+plus a model update encrypted to the coordinator, a model update sent as an XOR-delta
+(xor + shuffle) against the global model, and a transaction signed with the hybrid
+``ed25519+ml-dsa-65`` suite.
 
-An encrypted bundle cannot be reproduced (fresh content key, sealed-box ephemeral key and
-secretstream header), so an existing encrypted vector is kept as long as it still opens to
-exactly the payload the inputs describe; otherwise a new one is written.
+Two vectors cannot be reproduced byte for byte: the encrypted one (fresh content key,
+sealed-box ephemeral key and secretstream header) and the one signed with the hybrid
+``ed25519+ml-dsa-65`` suite (ML-DSA signing is hedged: randomised).  Their committed files
+are kept as long as they still open and say exactly what packing them again would say;
+otherwise new ones are written.
 
 ``tests/bundle/test_golden.py`` imports this file for the inputs and :func:`summarize`;
 the manifest is what the committed files must keep matching.
@@ -38,6 +41,7 @@ from bundle import cbor
 from bundle.arrays import array_hash, model_hash
 from bundle.checkpoint import sign_checkpoint
 from bundle.envelope import (
+    DEFAULT_LEVEL,
     MAGIC,
     SIGNING_DOMAIN,
     VERSION,
@@ -46,7 +50,7 @@ from bundle.envelope import (
     pack_bytes,
     read_prefix,
 )
-from bundle.keys import Identity, PublicIdentity
+from bundle.keys import SUITE_ED25519, SUITE_HYBRID, Identity, PublicIdentity
 from bundle.merkle import consistency_proof, inclusion_proof, leaf_hash, root
 from bundle.payloads import (
     Checkpoint,
@@ -69,19 +73,25 @@ MANIFEST = BUNDLES / "manifest.json"
 
 FEDERATION = b"lltoken-golden-1"  # 16 bytes
 CREATED = 1_700_000_000
-LEVEL = 3
+LEVEL = DEFAULT_LEVEL  # what writers use: a change of default shows up as drift here
 SMALL_PAYLOAD_HEX = 4096  # payloads up to this many bytes are in the manifest in hex
 SMALL_ARRAY_VALUES = 16  # arrays up to this many elements are listed value by value
 
-SEEDS: dict[str, tuple[bytes, bytes]] = {
-    "coordinator": (bytes([0x01]) * 32, bytes([0x02]) * 32),
-    "agent": (bytes([0x03]) * 32, bytes([0x04]) * 32),
-    "peer": (bytes([0x05]) * 32, bytes([0x06]) * 32),
+# name: (Ed25519 seed, X25519 secret, ML-DSA-65 seed for the hybrid suite or None)
+SEEDS: dict[str, tuple[bytes, bytes, bytes | None]] = {
+    "coordinator": (bytes([0x01]) * 32, bytes([0x02]) * 32, None),
+    "agent": (bytes([0x03]) * 32, bytes([0x04]) * 32, None),
+    "peer": (bytes([0x05]) * 32, bytes([0x06]) * 32, None),
+    "agent-pq": (bytes([0x07]) * 32, bytes([0x08]) * 32, bytes([0x09]) * 32),
 }
-IDENTITIES = {name: Identity(sign, box) for name, (sign, box) in SEEDS.items()}
+IDENTITIES = {
+    name: Identity(sign, box, SUITE_ED25519 if pq is None else SUITE_HYBRID, pq)
+    for name, (sign, box, pq) in SEEDS.items()
+}
 COORDINATOR = IDENTITIES["coordinator"]
 AGENT = IDENTITIES["agent"]
 PEER = IDENTITIES["peer"]
+AGENT_PQ = IDENTITIES["agent-pq"]
 KEYRING: dict[bytes, PublicIdentity] = {i.key_id: i.public for i in IDENTITIES.values()}
 
 
@@ -190,6 +200,12 @@ class Vector:
         """The identity that can open this vector's payload (the first recipient)."""
         return IDENTITIES[self.recipients[0]] if self.encrypt else None
 
+    @property
+    def reproducible(self) -> bool:
+        """Whether packing again gives the same file (given the same zstd): not with a
+        fresh content key, nor with ML-DSA's hedged (randomised) signatures."""
+        return not self.encrypt and IDENTITIES[self.sender].public.suite == SUITE_ED25519
+
 
 def vectors() -> list[Vector]:
     """All golden vectors, in manifest order."""
@@ -231,6 +247,7 @@ def vectors() -> list[Vector]:
                 members=(
                     RosterMember("site-a", AGENT.public, "active"),
                     RosterMember("site-b", PEER.public, "revoked"),
+                    RosterMember("site-c", AGENT_PQ.public, "active"),
                 ),
             ),
             sender="coordinator",
@@ -303,6 +320,20 @@ def vectors() -> list[Vector]:
             seq=4,
         ),
         Vector("transaction", transaction, sender="agent", recipients=("coordinator",), seq=5),
+        Vector(
+            "transaction-hybrid",
+            Transaction(
+                sender=AGENT_PQ.key_id,
+                recipient=AGENT.key_id,
+                amount=7,
+                nonce=bytes(range(16, 32)),
+                expires_round=10,
+                memo="signed with ed25519+ml-dsa-65",
+            ),
+            sender="agent-pq",
+            recipients=("coordinator",),
+            seq=1,
+        ),
         Vector(
             "ledger-delta",
             LedgerDelta(
@@ -423,7 +454,9 @@ def _entry(vector: Vector, name: str, data: bytes) -> dict[str, Any]:
         "seq": header.seq,
         "created": header.created,
         "expires": header.expires,
+        "suite": header.suite,
         "encrypted": vector.encrypt,
+        "reproducible": vector.reproducible,
         "opened_by": vector.recipients[0] if vector.encrypt else None,
         "delta_parents": "global-model" if vector.delta else None,
         "file_size": len(data),
@@ -447,24 +480,31 @@ def _entry(vector: Vector, name: str, data: bytes) -> dict[str, Any]:
     return record
 
 
-def _kept_encrypted(vector: Vector, old: dict[str, Any] | None) -> tuple[str, bytes] | None:
-    """The committed encrypted vector, if it still opens to exactly this payload."""
+def _kept(vector: Vector, old: dict[str, Any] | None) -> tuple[str, bytes] | None:
+    """The committed file of a vector that cannot be reproduced, if it still opens and
+    still says exactly what packing it again would say (then the file is not churned)."""
     if old is None or not (BUNDLES / old["file"]).is_file():
         return None
     data = (BUNDLES / old["file"]).read_bytes()
     _, fresh = vector.pack()
     try:
+        _entry(vector, old["file"], data)  # opens: signature, hash, decryption, schema
         same = decompressed_payload(data, vector.opener()) == decompressed_payload(
             fresh, vector.opener()
         )
-        header = read_prefix(io.BytesIO(data), len(data)).header
-        fresh_header = read_prefix(io.BytesIO(fresh), len(fresh)).header
+        prefix = read_prefix(io.BytesIO(data), len(data))
+        fresh_prefix = read_prefix(io.BytesIO(fresh), len(fresh))
     except Exception:  # any failure means: write a new one
         return None
-    context = ("kind", "federation", "sender", "recipients", "round", "seq", "created", "expires")
-    if not same or any(getattr(header, f) != getattr(fresh_header, f) for f in context):
-        return None
-    return old["file"], data
+    if vector.encrypt:
+        context = ("kind", "federation", "sender", "recipients", "round", "seq", "created")
+        same = same and all(
+            getattr(prefix.header, f) == getattr(fresh_prefix.header, f)
+            for f in (*context, "expires", "suite")
+        )
+    else:  # only the signatures differ
+        same = same and prefix.header_bytes == fresh_prefix.header_bytes
+    return (old["file"], data) if same else None
 
 
 def build(old_manifest: dict[str, Any] | None) -> tuple[dict[str, bytes], dict[str, Any]]:
@@ -473,7 +513,7 @@ def build(old_manifest: dict[str, Any] | None) -> tuple[dict[str, bytes], dict[s
     files: dict[str, bytes] = {}
     records = []
     for vector in vectors():
-        kept = _kept_encrypted(vector, old_by_label.get(vector.label)) if vector.encrypt else None
+        kept = None if vector.reproducible else _kept(vector, old_by_label.get(vector.label))
         if kept is not None:
             name, data = kept
         else:
@@ -492,8 +532,10 @@ def build(old_manifest: dict[str, Any] | None) -> tuple[dict[str, bytes], dict[s
         "created": CREATED,
         "keys": {
             name: {
+                "suite": identity.public.suite,
                 "signing_seed": SEEDS[name][0].hex(),
                 "box_secret": SEEDS[name][1].hex(),
+                "mldsa_seed": None if SEEDS[name][2] is None else SEEDS[name][2].hex(),
                 "signing_public": identity.public.signing_key.hex(),
                 "box_public": identity.public.box_key.hex(),
                 "key_id": identity.key_id.hex(),
