@@ -719,8 +719,8 @@ def read_prefix(f: BinaryIO, file_size: int, where: str = "") -> Prefix:
 
     Raises:
         FormatError: wrong magic or version, truncation, malformed header.
-        SizeError: header or signature block over its cap, or a size that does not
-            match the file.
+        SizeError: header or signature block over its cap.
+        FormatError: also when the file's size does not match what the header declares.
     """
     start = _read_exact(f, 9, "preamble", where)
     if start[:4] != MAGIC:

@@ -37,7 +37,7 @@ ConfigValue = Scalar | list[Scalar]
 class EncodeContext:
     """How to encode model arrays: zstd level and parent arrays for XOR-delta."""
 
-    level: int = 3
+    level: int = 1  # the envelope's default zstd level (bundle.envelope.DEFAULT_LEVEL)
     parents: Mapping[str, tuple[bytes, np.ndarray[Any, Any]]] | None = None
     use_filters: bool = True
 
