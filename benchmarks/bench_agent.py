@@ -42,6 +42,7 @@ import cProfile
 import gc
 import io
 import json
+import logging
 import os
 import platform
 import pstats
@@ -82,6 +83,10 @@ STEP = np.float32(1e-3)
 NOISE_BLOCK = 1 << 20
 TARGET_OVERHEAD_S = 1.0
 TARGET_MEMORY_X = 3.0
+
+
+# Flower logs every configure/aggregate call at INFO; the report says it better.
+logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
 def echo(text: str) -> None:

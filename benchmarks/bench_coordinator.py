@@ -8,10 +8,10 @@
     agents enrolled through the coordinator's own path (one EnrollRequest bundle per agent
     identity into its inbox, ``spool.ingest``; the first 10 approved with
     ``Coordinator.approve``, the rest by :func:`approve_batch`, which does the same in one
-    transaction), ``open_round``, then one
-    ModelUpdate bundle per agent packed with ``pack_bundle`` as ``Agent.train`` packs it:
-    signed by the agent, the round in the header, encrypted to the coordinator, XOR-delta
-    filters against the round's global model.  Each update is a small step from the global
+    transaction), ``open_round``, then one ModelUpdate bundle per agent packed with
+    ``pack_bundle`` as ``Agent.train`` packs it: signed by the agent, the round in the
+    header, encrypted to the coordinator, XOR-delta filters against the round's global
+    model.  Each update is a small step from the global
     model, ``global + s_i * 1e-3 * (shared + own_i)`` (standard-normal ``shared`` and
     ``own_i``, ``s_i`` in [0.5, 1.5]), so filters and agreement scores see what partly
     agreeing training steps look like.  The updates are ingested (``spool.ingest``), then
@@ -48,6 +48,7 @@ import cProfile
 import gc
 import io
 import json
+import logging
 import os
 import platform
 import pstats
@@ -123,6 +124,10 @@ PHASES = (
     OPEN_NEXT,
     OTHER,
 )
+
+
+# Flower logs every configure/aggregate call at INFO; the report says it better.
+logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
 def echo(text: str) -> None:

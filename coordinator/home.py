@@ -77,6 +77,10 @@ class Coordinator:
         self.models = ModelStore(root / "models")
         self.spool.recover()
         self._validation: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None = None
+        # Models by hash and the parents map, cached: every ingest needs them, and
+        # reading and re-hashing a 100 MB model per small bundle was most of its cost.
+        self._models: dict[bytes, Arrays] = {}
+        self._parents: tuple[frozenset[bytes], dict[bytes, np.ndarray[Any, Any]]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,7 +201,7 @@ class Coordinator:
         return bytes.fromhex(self.state.get("model_hash"))
 
     def global_arrays(self) -> Arrays:
-        return self.models.get(self.model_hash)
+        return self.model(self.model_hash)
 
     def validation_set(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
         if not self.config.validation_set:
@@ -242,7 +246,24 @@ class Coordinator:
             "SELECT model_hash FROM rounds ORDER BY round DESC LIMIT ?", (PARENT_ROUNDS,)
         ):
             hashes.add(bytes(digest))
-        return {array_hash(a): a for digest in hashes for _, a in self.models.get(digest)}
+        key = frozenset(hashes)
+        if self._parents is None or self._parents[0] != key:
+            self._parents = (
+                key,
+                {array_hash(a): a for digest in sorted(hashes) for _, a in self.model(digest)},
+            )
+        return self._parents[1]
+
+    def model(self, digest: bytes) -> Arrays:
+        """A stored model, read (and hash-checked) once per process; read-only arrays."""
+        if digest not in self._models:
+            arrays = self.models.get(digest)
+            for _, array in arrays:
+                array.flags.writeable = False
+            if len(self._models) >= PARENT_ROUNDS + 1:
+                self._models.pop(next(iter(self._models)))
+            self._models[digest] = arrays
+        return self._models[digest]
 
     def handle(self, bundle: OpenedBundle) -> Outcome:
         payload = bundle.payload

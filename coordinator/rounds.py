@@ -239,7 +239,7 @@ def accept_update(coord: Coordinator, bundle: OpenedBundle, update: ModelUpdate)
             expected=row["model_hash"].hex(),
             found=update.parent_hash.hex(),
         )
-    reference = coord.models.get(row["model_hash"])
+    reference = coord.model(row["model_hash"])
     got = [(n, a.shape, a.dtype.name) for n, a in update.arrays]
     want = [(n, a.shape, a.dtype.name) for n, a in reference]
     if got != want:
@@ -410,7 +410,7 @@ def close_round(coord: Coordinator, *, force: bool = False) -> dict[str, Any]:
         key=lambda c: c.node_id,
     )
     strategy = build_strategy(coord, number, "open")
-    previous = coord.models.get(row["model_hash"])
+    previous = coord.model(row["model_hash"])
     validation = coord.validation_set()
     evaluate = _evaluator(coord) if validation is not None else None
     scores: dict[bytes, tuple[float, str]] = {}
