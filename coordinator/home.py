@@ -335,24 +335,26 @@ class Coordinator:
         return Outcome("accepted", "pending approval by the operator")
 
     def find_agent(self, ref: str) -> AgentRow:
-        """An agent by name, key id (hex prefix) or fingerprint.
+        """An agent by exact name, else by key id (a hex prefix of 8+ digits) or fingerprint.
 
         Raises:
             NotFoundError: no agent, or the prefix is ambiguous.
         """
+        agents = self.state.agents()
+        by_name = [a for a in agents if a.name == ref]
+        if by_name:  # a name wins: "a1" must not also match key ids starting with a1
+            return by_name[0]
         ref_norm = ref.lower().replace("-", "")
         matches = [
             a
-            for a in self.state.agents()
-            if a.name == ref
-            or a.key_id.hex().startswith(ref_norm)
-            or a.key_id.hex() == ref_norm
+            for a in agents
+            if (len(ref_norm) >= 8 and a.key_id.hex().startswith(ref_norm))
             or self.public_of(a).fingerprint.replace("-", "").lower() == ref_norm
         ]
         if len(matches) != 1:
             raise NotFoundError(
                 "no single agent matches",
-                expected="a name, key id prefix or fingerprint",
+                expected="a name, a key id prefix of 8+ hex digits, or a fingerprint",
                 found=f"{ref!r} ({len(matches)} matches)",
             )
         return matches[0]

@@ -15,7 +15,7 @@ from bundle.arrays import array_hash
 from bundle.envelope import pack_bundle
 from bundle.payloads import ModelUpdate
 from coordinator.cli import cli
-from coordinator.home import Coordinator
+from coordinator.home import Coordinator, NotFoundError
 from coordinator.rounds import RoundError, close_round, open_round
 from coordinator.simulate import PASSPHRASE
 from spool.doctor import run_checks
@@ -205,3 +205,15 @@ def test_doctor_reports_each_check(tmp_path: Path) -> None:
     assert checks["key file permissions"].status == "ok"
     (tmp_path / "c" / "keystore.json").chmod(0o644)
     assert {c.name: c for c in run_checks(tmp_path / "c")}["key file permissions"].status == "fail"
+
+
+def test_agents_are_found_by_name_before_key_id_prefix(
+    federation: tuple[Coordinator, list[Agent], Path],
+) -> None:
+    coord, agents, _ = federation
+    for agent in agents:
+        assert coord.find_agent(agent.config.name).key_id == agent.key_id
+        assert coord.find_agent(agent.key_id.hex()[:8]).key_id == agent.key_id
+        assert coord.find_agent(agent.identity.fingerprint).key_id == agent.key_id
+    with pytest.raises(NotFoundError):
+        coord.find_agent(agents[0].key_id.hex()[:4])  # too short to be a key id
