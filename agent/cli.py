@@ -43,9 +43,8 @@ from bundle.errors import EquivocationError, FormatError, LLTokenError
 from bundle.keys import PublicIdentity, read_passphrase
 from bundle.ledger import Transfer, decode_entry
 from bundle.payloads import Transaction
-from spool.commands import check_command
+from spool.commands import check_command, make_doctor_command
 from spool.console import echo_json, home_path, run
-from spool.doctor import run_checks
 from spool.home import IngestReport
 from spool.media import MediaWatcher
 from spool.offline import enforce_offline
@@ -155,6 +154,7 @@ def cli() -> None:
 
 
 cli.add_command(check_command)
+cli.add_command(make_doctor_command(home_option))
 
 
 @cli.command()
@@ -717,21 +717,6 @@ def status(home: Path, as_json: bool) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
-
-
-@cli.command()
-@home_option
-@json_option
-def doctor(home: Path, as_json: bool) -> None:
-    """Check this machine is fit to run offline (exit 1 if a check fails)."""
-    checks = run_checks(home)
-    if as_json:
-        echo_json([c.to_dict() for c in checks])
-    else:
-        for c in checks:
-            click.echo(f"{c.status:<5} {c.name}: {c.detail}")
-    if any(c.status == "fail" for c in checks):
-        raise click.exceptions.Exit(1)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import click  # noqa: E402
 
 from bundle.errors import LLTokenError  # noqa: E402
 from bundle.keys import read_passphrase  # noqa: E402
-from spool.commands import check_command  # noqa: E402
+from spool.commands import check_command, make_doctor_command  # noqa: E402
 from spool.console import echo_json, home_path, run  # noqa: E402
 
 DEFAULT_HOME = "coordinator"
@@ -68,6 +68,7 @@ def cli(verbose: bool) -> None:
 
 
 cli.add_command(check_command)
+cli.add_command(make_doctor_command(home_option))
 
 
 @cli.command()
@@ -701,23 +702,6 @@ def report(home: Path, passphrase_file: Path | None, out: Path) -> None:
         verification = {"ok": False, "error": str(e)}
     out.write_text(render(summaries, status_info, verification))
     click.echo(f"wrote {out}")
-
-
-@cli.command()
-@home_option
-@json_option
-def doctor(home: Path, as_json: bool) -> None:
-    """Check the machine is fit to run offline (network, keys, versions, disk)."""
-    from spool.doctor import run_checks
-
-    checks = run_checks(home)
-    if as_json:
-        echo_json([c.to_dict() for c in checks])
-    else:
-        for c in checks:
-            click.echo(f"[{c.status:>4}] {c.name}: {c.detail}")
-    if any(c.status == "fail" for c in checks):
-        raise SystemExit(1)
 
 
 def main() -> None:

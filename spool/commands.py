@@ -1,13 +1,16 @@
-"""Commands both CLIs share because they need no home and no keys."""
+"""Commands both CLIs share because they need no keys: ``check`` and ``doctor``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from bundle.envelope import check_bundle
 from spool.console import echo_json
+from spool.doctor import run_checks
 
 
 @click.command("check")
@@ -42,3 +45,25 @@ def check_command(files: tuple[Path, ...], as_json: bool) -> None:
             )
     if as_json:
         echo_json(results)
+
+
+def make_doctor_command(home_option: Callable[[Any], Any]) -> click.Command:
+    """``doctor`` with the calling CLI's own ``--home`` option."""
+
+    @click.command("doctor")
+    @home_option
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+    def doctor(home: Path, as_json: bool) -> None:
+        """Check this machine is fit to run offline: offline guard, network interfaces,
+        key file permissions, dependency versions, disk space, Flower telemetry (exit 1
+        if a check fails)."""
+        checks = run_checks(home)
+        if as_json:
+            echo_json([c.to_dict() for c in checks])
+        else:
+            for c in checks:
+                click.echo(f"[{c.status:>4}] {c.name}: {c.detail}")
+        if any(c.status == "fail" for c in checks):
+            raise click.exceptions.Exit(1)
+
+    return doctor
