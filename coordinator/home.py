@@ -377,7 +377,10 @@ class Coordinator:
             grant = self.config.initial_allocation.get(row.name, 0)
             if grant > 0:
                 entries.append(Allocation(row.key_id, grant).encode())
-            self.ledger.append(entries)
+            # The ledger is its own durable store: after a crash between its append and
+            # this transaction's commit it already holds the enrollment; don't repeat it.
+            if self.ledger.state.account(row.key_id) is None:
+                self.ledger.append(entries)
             self._send_roster()
             self.send_ledger_deltas()
         return self.find_agent(row.key_id.hex())
@@ -406,7 +409,9 @@ class Coordinator:
             )
         with self.spool.transaction():
             self.state.update_agent(row.key_id, status="revoked")
-            self.ledger.append([Revoke(row.key_id).encode()])
+            account = self.ledger.state.account(row.key_id)
+            if account is not None and account.active:  # not already revoked (crash retry)
+                self.ledger.append([Revoke(row.key_id).encode()])
             self._send_roster()
             self.send_ledger_deltas()
         return self.find_agent(row.key_id.hex())

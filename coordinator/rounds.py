@@ -35,7 +35,7 @@ from bundle.arrays import Arrays
 from bundle.envelope import OpenedBundle, bundle_name, open_bundle
 from bundle.errors import LLTokenError, SchemaError
 from bundle.ledger import Reward as RewardEntry
-from bundle.ledger import RoundClose
+from bundle.ledger import RoundClose, decode_entry
 from bundle.payloads import GlobalModel, ModelUpdate, RoundTask
 from coordinator import rewards
 from coordinator.config import load_callable
@@ -388,10 +388,21 @@ def close_round(coord: Coordinator, *, force: bool = False) -> dict[str, Any]:
             expected="an open round",
             found=row["status"] if row else "none",
         )
+    # A close that reached the ledger before a crash is finished with exactly the updates
+    # the ledger names; otherwise only updates from agents still active count (an agent
+    # revoked while the round was collecting is left out, not rewarded).
+    closed_in_ledger = _ledger_participants(coord, number)
     ok, why = ready_to_close(coord)
-    if not ok and not force:
+    if not ok and not force and closed_in_ledger is None:
         raise RoundError(f"round {number} cannot close yet: {why}; pass --force to close anyway")
-    updates = coord.state.updates(number, "accepted")
+    active = {a.key_id for a in coord.state.agents("active")}
+    updates = [
+        u
+        for u in coord.state.updates(number, "accepted")
+        if (
+            u["agent"] in closed_in_ledger if closed_in_ledger is not None else u["agent"] in active
+        )
+    ]
     # Flower needs the same metric keys from every reply: keep the ones all reported.
     common = set.intersection(*(set(_numeric(u["metrics"])) for u in updates)) if updates else set()
     contributions = sorted(
@@ -488,7 +499,7 @@ def close_round(coord: Coordinator, *, force: bool = False) -> dict[str, Any]:
     # The round-close entry comes first: rewards refer to the round it closed.
     entries.insert(0, RoundClose(number, new_hash, [c.agent for c in contributions]).encode())
 
-    if not coord.ledger.has_round_close(number):
+    if closed_in_ledger is None:
         coord.ledger.append(entries)
     _crash_point("ledger")
     tokens = sum(r["tokens"] for r in results)
@@ -524,6 +535,17 @@ def close_round(coord: Coordinator, *, force: bool = False) -> dict[str, Any]:
             next_round = _open_round(coord)
     summary["next_round"] = next_round
     return summary
+
+
+def _ledger_participants(coord: Coordinator, number: int) -> set[bytes] | None:
+    """The participants of round ``number``'s round-close entry, if the ledger has one."""
+    if not coord.ledger.has_round_close(number):
+        return None
+    for index in reversed(coord.ledger.find(kind="round-close")):
+        entry = decode_entry(coord.ledger.entry(index))
+        if isinstance(entry, RoundClose) and entry.round == number:
+            return set(entry.participants)
+    return None
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, int | float]:

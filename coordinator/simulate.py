@@ -34,7 +34,7 @@ import numpy as np
 from agent.example_model import load_test
 from agent.home import Agent
 from bundle import pqsig
-from bundle.errors import LLTokenError
+from bundle.errors import FormatError, LLTokenError
 from coordinator.audit import export_home, verify_home
 from coordinator.home import Coordinator
 from coordinator.report import render
@@ -44,6 +44,7 @@ from spool.media import SyncSummary
 
 # Throwaway homes; real homes prompt for a passphrase.
 PASSPHRASE = "simulation-only-passphrase"  # noqa: S105
+SIMULATION_MARKER = ".lltoken-simulation"
 ROBUST_WITH_F = ("Krum", "MultiKrum", "Bulyan")
 
 
@@ -105,9 +106,18 @@ class Simulation:
         rng = random.Random(self.seed)  # noqa: S311 (reproducible courier, not crypto)
         base = self.base_path
         if base.exists():
+            # Only ever replace an earlier simulation (or an empty folder), never a folder
+            # that happens to share the name.
+            if any(base.iterdir()) and not (base / SIMULATION_MARKER).exists():
+                raise FormatError(
+                    "base path exists and is not an earlier simulation; "
+                    "choose another --base-path or remove it yourself",
+                    where=str(base),
+                )
             shutil.rmtree(base)
         stick = base / "media"
         stick.mkdir(parents=True)
+        (base / SIMULATION_MARKER).write_text("made by lltoken-coordinator simulate\n")
         coord = self._make_coordinator(base, rounds)
         traffic = _Traffic()
         agents = self._make_agents(base, coord)

@@ -272,12 +272,23 @@ class SpoolHome:
     def outbox_files(self) -> list[Path]:
         return sorted(p for p in self.dirs.outbox_root.glob("*/*.llb") if p.is_file())
 
-    def clear_sent(self, bundle_id: bytes) -> bool:
-        """Forget an outbox copy (receipted); the file goes after commit."""
+    def clear_sent(self, bundle_id: bytes, *, by: bytes | None = None) -> bool:
+        """Forget an outbox copy once receipted (the file goes after commit).
+
+        ``by`` is the receipt's sender: only a recipient of the bundle can clear it, and a
+        bundle for several recipients (the ``all`` folder) stays until each of them has
+        receipted it, so one agent cannot take the global model away from the others.
+        ``by=None`` (expiry) clears unconditionally.
+        """
         sent = self.state.sent(bundle_id)
         if sent is None:
             return False
         peer, name = sent
+        if by is not None:
+            if peer != BROADCAST and peer != by.hex():
+                return False
+            if peer == BROADCAST and not self.state.acknowledge(bundle_id, by):
+                return False
         self.state.forget_sent(bundle_id)
         path = self.dirs.outbox(peer) / name
         self.after_commit(lambda: path.unlink(missing_ok=True))
@@ -419,15 +430,17 @@ class SpoolHome:
         """Step 2 up to the receipt: the handler (its writes undone if it refuses) and the
         seen-set record; returns the outcome and the refusal, if any."""
         refused: LLTokenError | None = None
+        queued = len(self._after_commit)
         conn.execute("SAVEPOINT handler")
         try:
             if isinstance(opened.payload, Receipt):
-                self.clear_sent(opened.payload.bundle_id)
+                self.clear_sent(opened.payload.bundle_id, by=opened.header.sender)
             outcome = handler.handle(opened)
             conn.execute("RELEASE handler")
         except LLTokenError as e:
             conn.execute("ROLLBACK TO handler")
             conn.execute("RELEASE handler")
+            del self._after_commit[queued:]  # the file removals it queued are undone too
             handler.refused(opened, e)
             refused = e
             outcome = Outcome("rejected", str(e)[:1000])

@@ -300,6 +300,17 @@ def _scan(base: Path, me: str, summary: SyncSummary, max_files: int) -> Iterator
                 yield _Candidate(recipient, sender_dir, name, ordered, size)
 
 
+def _same_bytes(path: Path, parts: list[Path]) -> bool:
+    if path.stat().st_size != sum(p.lstat().st_size for p in parts):
+        return False
+    digest = hashlib.sha256()
+    for part in parts:
+        with open(part, "rb") as f:
+            while data := f.read(_COPY_CHUNK):
+                digest.update(data)
+    return digest.digest() == _hash_uncached(path)
+
+
 def _remove_from_stick(
     home: SpoolHome, candidate: _Candidate, bundle_id: bytes, summary: SyncSummary
 ) -> None:
@@ -336,7 +347,10 @@ def sync_in(
         if home.state.seen(bundle_id) is not None or home.state.delivered(bundle_id):
             _remove_from_stick(home, candidate, bundle_id, summary)
             continue
-        if (home.dirs.quarantine / candidate.name).exists():
+        quarantined = home.dirs.quarantine / candidate.name
+        if quarantined.exists() and _same_bytes(quarantined, candidate.parts):
+            # The very bytes we refused before: no need to copy and judge them again.  A
+            # different copy under the same name (re-sent intact) is taken in as usual.
             summary.skip(first, "already quarantined here (see its .reason.json)")
             continue
         if candidate.size > max_file_bytes:

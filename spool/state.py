@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS spool_outbox (
     expires INTEGER
 );
 CREATE TABLE IF NOT EXISTS spool_delivered (bundle_id BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS spool_waiting (
+    bundle_id BLOB NOT NULL, recipient BLOB NOT NULL, PRIMARY KEY (bundle_id, recipient)
+);
 """
 
 
@@ -235,6 +238,23 @@ class SpoolState:
             "expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (bundle_id, peer, name, header.kind, header.seq, header.round, header.expires),
         )
+        if len(header.recipients) > 1:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO spool_waiting (bundle_id, recipient) VALUES (?, ?)",
+                [(bundle_id, r) for r in header.recipients],
+            )
+
+    def acknowledge(self, bundle_id: bytes, recipient: bytes) -> bool:
+        """Record a recipient's receipt for a shared bundle; True once none is left waiting
+        (a bundle with no recipient list is cleared by the first receipt)."""
+        self.conn.execute(
+            "DELETE FROM spool_waiting WHERE bundle_id = ? AND recipient = ?",
+            (bundle_id, recipient),
+        )
+        left = self.conn.execute(
+            "SELECT 1 FROM spool_waiting WHERE bundle_id = ? LIMIT 1", (bundle_id,)
+        ).fetchone()
+        return left is None
 
     def sent(self, bundle_id: bytes) -> tuple[str, str] | None:
         row = self.conn.execute(
@@ -244,6 +264,7 @@ class SpoolState:
 
     def forget_sent(self, bundle_id: bytes) -> None:
         self.conn.execute("DELETE FROM spool_outbox WHERE bundle_id = ?", (bundle_id,))
+        self.conn.execute("DELETE FROM spool_waiting WHERE bundle_id = ?", (bundle_id,))
 
     def expired_sent(self, current_round: int) -> list[tuple[bytes, str, str]]:
         rows = self.conn.execute(

@@ -217,3 +217,17 @@ def test_agents_are_found_by_name_before_key_id_prefix(
         assert coord.find_agent(agent.identity.fingerprint).key_id == agent.key_id
     with pytest.raises(NotFoundError):
         coord.find_agent(agents[0].key_id.hex()[:4])  # too short to be a key id
+
+
+def test_agent_revoked_while_collecting_is_left_out_of_the_close(
+    federation: tuple[Coordinator, list[Agent], Path],
+) -> None:
+    coord, agents, stick = federation
+    for agent in agents[:2]:
+        agent.train()
+        agent.sync(stick)
+    sync_media(coord.spool, coord, stick)
+    coord.revoke("a0")
+    summary = close_round(coord, force=True)
+    assert [r["agent"] for r in summary["rewards"]] == ["a1"]
+    assert summary["participants"] == 1

@@ -183,3 +183,44 @@ def test_receipt_payload_names_the_bundle(pair: tuple[Node, Node]) -> None:
     assert row[1] == Receipt.KIND
     assert parse_name(sent.name)[0] == "eval-result"
     assert coord.home.federation == FEDERATION
+
+
+def test_shared_bundle_stays_until_every_recipient_receipted(
+    tmp_path: Path, pair: tuple[Node, Node], identities: tuple[Identity, ...]
+) -> None:
+    coord, agent = pair
+    known = dict(agent.handler.known)
+    known[identities[2].key_id] = identities[2].public
+    other = make_node(tmp_path / "other", identities[2], known)
+    coord.handler.known[identities[2].key_id] = identities[2].public
+    with coord.home.transaction():
+        packed = coord.home.send(small_payload(), to=[agent.identity.public, other.identity.public])
+    assert packed.path is not None
+    assert packed.path.parent.name == "all"
+    for node in (agent, other):
+        deliver(packed.path, node)
+        node.home.ingest(node.handler)
+    (first,) = agent.home.dirs.outbox_root.glob("*/receipt.*.llb")
+    deliver(first, coord)
+    coord.home.ingest(coord.handler)
+    assert packed.path.exists(), "one recipient's receipt must not take it from the other"
+    (second,) = other.home.dirs.outbox_root.glob("*/receipt.*.llb")
+    deliver(second, coord)
+    coord.home.ingest(coord.handler)
+    assert not packed.path.exists()
+
+
+def test_receipt_from_a_non_recipient_clears_nothing(
+    tmp_path: Path, pair: tuple[Node, Node], identities: tuple[Identity, ...]
+) -> None:
+    coord, agent = pair
+    sent = send(coord, agent)
+    intruder = make_node(tmp_path / "intruder", identities[2], dict(agent.handler.known))
+    coord.handler.known[identities[2].key_id] = identities[2].public
+    _, bundle_id = parse_name(sent.name)
+    with intruder.home.transaction():
+        forged = intruder.home.send(Receipt(bundle_id, "accepted"), to=[coord.identity.public])
+    assert forged.path is not None
+    deliver(forged.path, coord)
+    coord.home.ingest(coord.handler)
+    assert sent.exists()
