@@ -963,11 +963,16 @@ class Agent:
         rows = self.conn.execute("SELECT key_id, name, status FROM agent_roster").fetchall()
         return {(bytes(r[0]), str(r[1]), str(r[2])) for r in rows}
 
-    def _on_task(self, bundle: OpenedBundle, task: RoundTask) -> Outcome:
-        where = f"round {task.round} {task.task_type} task"
+    def _check_task(self, task: RoundTask, where: str, expired: str) -> None:
+        """A task must be ours and not past its deadline round.
+
+        Raises:
+            SchemaError: the task is for another agent.
+            ReplayError: its deadline round has passed (``expired`` says how to react).
+        """
         if task.agent != self.key_id:
             raise SchemaError(
-                "round task is for another agent",
+                "task is for another agent",
                 expected=self.key_id.hex(),
                 found=task.agent.hex(),
                 where=where,
@@ -975,11 +980,15 @@ class Agent:
         current = self.current_round()
         if task.deadline_round is not None and task.deadline_round < current:
             raise ReplayError(
-                "round task expired before it arrived",
+                expired,
                 expected=f"deadline round >= {current}",
                 found=task.deadline_round,
                 where=where,
             )
+
+    def _on_task(self, bundle: OpenedBundle, task: RoundTask) -> Outcome:
+        where = f"round {task.round} {task.task_type} task"
+        self._check_task(task, where, "round task expired before it arrived")
         blob = cbor.encode(task.to_cbor())
         row = self.conn.execute(
             "SELECT task FROM agent_tasks WHERE round = ? AND task_type = ?",
@@ -1255,21 +1264,9 @@ class Agent:
         coordinator = self._pinned()
         task = self._pending_task(task_type)
         where = f"round {task.round} {task_type} task"
-        if task.agent != self.key_id:
-            raise SchemaError(
-                "task is for another agent",
-                expected=self.key_id.hex(),
-                found=task.agent.hex(),
-                where=where,
-            )
-        current = self.current_round()
-        if task.deadline_round is not None and task.deadline_round < current:
-            raise ReplayError(
-                "the task's deadline has passed; wait for the next round's task",
-                expected=f"deadline round >= {current}",
-                found=task.deadline_round,
-                where=where,
-            )
+        self._check_task(
+            task, where, "the task's deadline has passed; wait for the next round's task"
+        )
         arrays, hashes = self._task_model(task, where)
         result = run_client_app(
             app if app is not None else (self.config.app or DEFAULT_APP),
