@@ -46,10 +46,8 @@ import logging
 import os
 import platform
 import pstats
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +61,7 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from measure import Peak, run_child, status_kb
 
 import agent.home as agent_home
 import spool.home as spool_home
@@ -147,45 +146,6 @@ def make_model(params: int, seed: int) -> Arrays:
 
 
 # ---------------------------------------------------------------------------- memory
-
-
-def _status_kb(name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {name} in /proc/self/status")
-
-
-class Peak:
-    """Peak RSS growth over a baseline; exact with VmHWM reset, else ru_maxrss."""
-
-    def __init__(self) -> None:
-        gc.collect()
-        self.exact = self.reset()
-        self.before_kb = _status_kb("VmRSS") if self.exact else self._maxrss()
-
-    @staticmethod
-    def _maxrss() -> int:
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-
-    @staticmethod
-    def reset() -> bool:
-        """Restart the high-water mark at the current RSS (the baseline stays)."""
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            return False
-        return True
-
-    def extra_bytes(self) -> int:
-        now = _status_kb("VmHWM") if self.exact else self._maxrss()
-        return (now - self.before_kb) * 1024
-
-    @property
-    def method(self) -> str:
-        return "VmHWM" if self.exact else "ru_maxrss"
 
 
 # ---------------------------------------------------------------------------- phases
@@ -281,7 +241,7 @@ def child_round(spec: dict[str, Any]) -> dict[str, Any]:
             profiler.disable()
         train_s = time.perf_counter() - started
         train_extra = peak.extra_bytes()
-        after_kb = _status_kb("VmRSS")
+        after_kb = status_kb("VmRSS")
     finally:
         agent.close()
     if result.path is None:
@@ -305,19 +265,6 @@ def child_round(spec: dict[str, Any]) -> dict[str, Any]:
         "update": str(result.path),
         "update_bytes": result.path.stat().st_size,
     }
-
-
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"child failed ({done.returncode})")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
 
 
 # ---------------------------------------------------------------------------- the run
@@ -373,13 +320,14 @@ def run_rounds(
             other = [p for p in new if p not in model]
             echo(f"round {number}: agent imports {len(model) + len(other)} bundles, trains")
             sample = run_child(
+                __file__,
                 {
                     "op": "round",
                     "home": str(home),
                     "model": [str(p) for p in model],
                     "other": [str(p) for p in other],
                     "profile": profile,
-                }
+                },
             )
             update = Path(sample["update"])
             shutil.copy(update, coord.spool.dirs.inbox / update.name)

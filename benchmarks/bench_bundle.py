@@ -33,14 +33,12 @@ This is a script, not a test: it prints a table (or ``--json``) and exits 0; the
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import importlib
 import io
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import struct
@@ -59,6 +57,7 @@ import nacl
 import nacl.signing
 import numpy as np
 import zstandard
+from measure import Peak
 
 from bundle.arrays import array_hash
 from bundle.envelope import DEFAULT_LEVEL, open_bundle, pack_bundle, pack_bytes
@@ -264,23 +263,6 @@ def _flower_open(path: Path) -> Arrays:
 # ---------------------------------------------------------------------------- memory
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
-    except OSError:
-        return False
-    return True
-
-
 def child_main(spec: dict[str, Any]) -> None:
     """Run one operation in this fresh process and print its peak RSS growth as JSON."""
     case, op, size_mb = spec["case"], spec["op"], spec["size_mb"]
@@ -294,18 +276,14 @@ def child_main(spec: dict[str, Any]) -> None:
         # Flower's import cost is not the memory of the operation.
         importlib.import_module("flwr.app")
         importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
-    gc.collect()
-    exact = _reset_peak()
-    before = _status_kb("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = Peak()
     if op == "pack":
         pack_case(case, arrays, parents, Path(spec["dir"]))
     else:
         result = open_case(case, Path(spec["path"]), parents)
         if raw_bytes(result) != payload:
             raise RuntimeError("opened model has the wrong size")
-    peak = _status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    method = "VmHWM" if exact else "ru_maxrss"
-    print(json.dumps({"extra": (peak - before) * 1024 / payload, "method": method}))
+    print(json.dumps({"extra": peak.extra_bytes() / payload, "method": peak.method}))
 
 
 def measure_memory(spec: dict[str, Any]) -> tuple[float, str]:

@@ -52,10 +52,8 @@ import logging
 import os
 import platform
 import pstats
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +66,7 @@ from typing import Any
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 import numpy as np
+from measure import Peak, run_child
 
 from bundle.arrays import array_hash, model_hash
 from bundle.envelope import open_bundle, pack_bundle
@@ -335,46 +334,6 @@ def build_federation(
 # ---------------------------------------------------------------------------- memory
 
 
-def _status_kb(name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {name} in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
-    except OSError:
-        return False
-    return True
-
-
-class Peak:
-    """Peak RSS growth from now: exact with VmHWM reset, else ru_maxrss (an upper bound)."""
-
-    def __init__(self) -> None:
-        gc.collect()
-        self.exact = _reset_peak()
-        self.before_kb = _status_kb("VmRSS") if self.exact else self._maxrss()
-
-    @staticmethod
-    def _maxrss() -> int:
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-
-    def peak_kb(self) -> int:
-        return _status_kb("VmHWM") if self.exact else self._maxrss()
-
-    def extra_bytes(self) -> int:
-        return (self.peak_kb() - self.before_kb) * 1024
-
-    @property
-    def method(self) -> str:
-        return "VmHWM" if self.exact else "ru_maxrss"
-
-
 # ---------------------------------------------------------------------------- phase clock
 
 
@@ -556,19 +515,6 @@ def child_b_memory(spec: dict[str, Any]) -> dict[str, Any]:
     return {"extra_bytes": peak.extra_bytes(), "method": peak.method}
 
 
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"child failed ({done.returncode}) for {spec['op']}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 # ---------------------------------------------------------------------------- (a) and (c)
 
 
@@ -593,7 +539,8 @@ def bench_close(
     fed = build_federation(home, updates, params, validation=validation, seed=seed)
     echo(f"[{label}] setup " + ", ".join(f"{k} {v:.1f}s" for k, v in fed.setup.items()))
     baseline = run_child(
-        {"op": "open", "home": str(home), "count": min(updates, 20 if params else updates)}
+        __file__,
+        {"op": "open", "home": str(home), "count": min(updates, 20 if params else updates)},
     )
     closes = []
     for i in range(repeat):
@@ -602,7 +549,7 @@ def bench_close(
             target = root / f"{label}-copy{i}"
             shutil.copytree(home, target)
         echo(f"[{label}] close_round run {i + 1}/{repeat}")
-        closes.append(run_child({"op": "close", "home": str(target), "profile": profile}))
+        closes.append(run_child(__file__, {"op": "close", "home": str(target), "profile": profile}))
         if target != home:
             shutil.rmtree(target)
     return {
@@ -738,7 +685,7 @@ def bench_stream_vs_flower(
         "paths": [str(p) for p in paths],
     }
     for variant in ("streamed", "flower"):
-        memory = run_child({**common, "variant": variant})
+        memory = run_child(__file__, {**common, "variant": variant})
         result[f"{variant}_extra"] = memory["extra_bytes"]
         result["method"] = memory["method"]
     shutil.rmtree(directory)
