@@ -1,7 +1,9 @@
 """``lltoken-coordinator``: the coordinator's command line.
 
 Commands are thin: parse options, call the library, print human text or ``--json``.
-Every command takes ``--home`` (default ``$LLTOKEN_HOME`` or ``./coordinator``).
+Every command that works on a home takes ``--home`` (default ``$LLTOKEN_HOME`` or
+``./coordinator``).  Commands import the library inside their bodies so that ``--help``,
+``check`` and ``ledger verify`` start without loading Flower (about a second here).
 """
 
 from __future__ import annotations

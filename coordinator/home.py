@@ -359,16 +359,26 @@ class Coordinator:
             )
         return matches[0]
 
-    def approve(self, ref: str) -> AgentRow:
-        """Activate a pending agent: node id, ledger enrollment (+ allocation), roster."""
+    def _agent_in(self, ref: str, status: str, action: str) -> AgentRow:
+        """The agent ``ref``, which must be in ``status`` for ``action``.
+
+        Raises:
+            NotFoundError: no single agent matches.
+            SchemaError: it is in another status.
+        """
         row = self.find_agent(ref)
-        if row.status != "pending":
+        if row.status != status:
             raise SchemaError(
-                "only a pending agent can be approved",
-                expected="pending",
+                f"only a {status} agent can be {action}",
+                expected=status,
                 found=row.status,
                 where=row.name,
             )
+        return row
+
+    def approve(self, ref: str) -> AgentRow:
+        """Activate a pending agent: node id, ledger enrollment (+ allocation), roster."""
+        row = self._agent_in(ref, "pending", "approved")
         with self.spool.transaction():
             node_id = int(self.state.get("next_node_id", 2))
             self.state.set("next_node_id", node_id + 1)
@@ -386,27 +396,13 @@ class Coordinator:
         return self.find_agent(row.key_id.hex())
 
     def reject(self, ref: str) -> AgentRow:
-        row = self.find_agent(ref)
-        if row.status != "pending":
-            raise SchemaError(
-                "only a pending agent can be rejected",
-                expected="pending",
-                found=row.status,
-                where=row.name,
-            )
+        row = self._agent_in(ref, "pending", "rejected")
         with self.spool.transaction():
             self.state.update_agent(row.key_id, status="rejected")
         return self.find_agent(row.key_id.hex())
 
     def revoke(self, ref: str) -> AgentRow:
-        row = self.find_agent(ref)
-        if row.status != "active":
-            raise SchemaError(
-                "only an active agent can be revoked",
-                expected="active",
-                found=row.status,
-                where=row.name,
-            )
+        row = self._agent_in(ref, "active", "revoked")
         with self.spool.transaction():
             self.state.update_agent(row.key_id, status="revoked")
             account = self.ledger.state.account(row.key_id)

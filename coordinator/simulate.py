@@ -40,7 +40,7 @@ from coordinator.home import Coordinator
 from coordinator.report import render
 from coordinator.rounds import close_round, open_round
 from spool.identity_files import public_to_json
-from spool.media import SyncSummary
+from spool.media import SyncSummary, sync_media
 
 # Throwaway homes; real homes prompt for a passphrase.
 PASSPHRASE = "simulation-only-passphrase"  # noqa: S105
@@ -391,8 +391,6 @@ class Simulation:
 
 
 def coord_sync(coord: Coordinator, stick: Path) -> SyncSummary:
-    from spool.media import sync_media
-
     return sync_media(coord.spool, coord, stick)
 
 
